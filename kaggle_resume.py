@@ -1,0 +1,1624 @@
+"""Find, check, choose and resume PyTorch checkpoints across Kaggle sessions.
+
+A Kaggle session is killed at 12 hours (9 on TPU). This module finds every
+checkpoint in the writable /kaggle/working and in the read-only inputs (every
+mount layout Kaggle has used), checks each one with weights_only loading,
+picks one by source priority, epoch or a metric, copies it to the writable
+folder and restores model, optimizer, scheduler, scaler, RNG states and
+history, so the next session starts at epoch N+1::
+
+    from kaggle_resume import resume, save_checkpoint
+
+    state = resume(model, optimizer)
+    for epoch in range(state.start_epoch, EPOCHS):
+        ...
+        save_checkpoint(model=model, optimizer=optimizer, epoch=epoch)
+
+One file, no dependency beyond torch: attach it as a Kaggle utility script,
+fetch it with wget, or vendor it. ``python kaggle_resume.py --help`` shows the
+command line (scan, demo). MIT licence.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import errno
+import filecmp
+import fnmatch
+import json
+import logging
+import math
+import numbers
+import os
+import pickle
+import random
+import re
+import secrets
+import shutil
+import stat
+import sys
+import tempfile
+import time
+import zipfile
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = [
+    "ACCURACY_ALIASES",
+    "DEFAULT_PATTERNS",
+    "SOURCES",
+    "CheckpointInfo",
+    "ResumeState",
+    "copy_checkpoint_to_working",
+    "find_best_checkpoint_across_sources",
+    "find_checkpoint_locations",
+    "get_checkpoint_info",
+    "resume",
+    "save_checkpoint",
+]
+__version__ = "0.1.0"
+
+_log = logging.getLogger("kaggle_resume")
+_log.addHandler(logging.NullHandler())
+
+
+# --- Constants -------------------------------------------------------------
+
+#: Where a checkpoint can come from, in priority order (index = priority).
+SOURCES: tuple[str, ...] = ("working", "input_datasets", "notebook_outputs", "models")
+_PRIORITY = {source: number for number, source in enumerate(SOURCES)}
+_EXTERNAL = "external"  # a path outside root/working and root/input
+
+#: File names searched when no pattern is given.
+DEFAULT_PATTERNS: tuple[str, ...] = ("*.pth", "*.pt", "*.ckpt")
+
+#: Keys read as the accuracy when a checkpoint has no "accuracy" key.
+ACCURACY_ALIASES: tuple[str, ...] = ("acc", "val_accuracy", "val_acc", "best_accuracy")
+
+_MODEL_KEYS = ("model_state_dict", "state_dict", "model")
+_STEP_KEYS = ("step", "global_step")
+_NOT_METRICS = frozenset({"epoch", "step", "global_step", "format_version"})
+_LOWER_IS_BETTER = ("loss", "error", "perplexity")
+_LATEST = ("epoch", "latest")
+
+_FORMAT_VERSION = 1
+_META_NAME = "kaggle_resume.json"  # a small record inside the checkpoint's zip
+
+# Discovery bounds: folder levels below a dataset root, and entries read from
+# one folder before it counts as a data folder (300,000 images cost little).
+_MAX_DEPTH = 4
+_MAX_ENTRIES = 5000
+
+# Folder levels between a layout folder under input/ and a dataset root.
+_LAYOUTS = {
+    "datasets": ("input_datasets", 2),  # datasets/<owner>/<slug>
+    "d": ("input_datasets", 2),  # d/<owner>/<slug>, the old collision layout
+    "notebooks": ("notebook_outputs", 2),  # notebooks/<owner>/<slug>
+    "models": ("models", 5),  # models/<owner>/<model>/<framework>/<var>/<ver>
+}
+_SKIPPED_LAYOUTS = frozenset({"competitions"})
+
+_TEMP_SUFFIX = ".partial"
+# Modules whose functions run code: a checkpoint that names them is hostile.
+_CODE_MODULES = frozenset(
+    {
+        "os",
+        "posix",
+        "nt",
+        "subprocess",
+        "builtins",
+        "sys",
+        "shutil",
+        "socket",
+        "runpy",
+        "importlib",
+        "pty",
+        "code",
+        "pickle",
+        "webbrowser",
+        "ctypes",
+    }
+)
+_CHUNK = 1 << 20
+
+# What this torch supports, detected once.
+try:
+    from torch.nn.parallel import DistributedDataParallel as _DDP
+except ImportError:  # a torch built without distributed support
+    _WRAPPERS: tuple[type, ...] = (torch.nn.DataParallel,)
+else:
+    _WRAPPERS = (torch.nn.DataParallel, _DDP)
+
+
+def _numpy_globals() -> list[Any]:
+    """The numpy names a checkpoint with numpy scalars needs, where numpy exists."""
+    try:
+        import numpy as np
+    except ImportError:
+        return []
+    allowed: list[Any] = [np.dtype]
+    try:  # numpy 2
+        from numpy._core.multiarray import scalar
+    except ImportError:  # numpy 1
+        from numpy.core.multiarray import scalar  # type: ignore[no-redef]
+    allowed.append(scalar)
+    # Files written under numpy 1 name the reconstructor by its old module.
+    allowed.append((scalar, "numpy.core.multiarray.scalar"))
+    dtypes = getattr(np, "dtypes", None)
+    if dtypes is not None:
+        allowed.extend(
+            getattr(dtypes, name) for name in dir(dtypes) if name.endswith("DType")
+        )
+    return allowed
+
+
+# --- Roots and sources -----------------------------------------------------
+
+
+def _root(root: str | os.PathLike[str] | None) -> Path:
+    """The Kaggle root: the argument, else $KAGGLE_RESUME_ROOT, else /kaggle."""
+    if root is not None:
+        return Path(root)
+    return Path(os.environ.get("KAGGLE_RESUME_ROOT") or "/kaggle")
+
+
+def _is_under(path: Path, folder: Path) -> bool:
+    path_text = os.path.abspath(path)
+    folder_text = os.path.abspath(folder)
+    return path_text == folder_text or path_text.startswith(folder_text + os.sep)
+
+
+def _source_of(path: Path, root: Path) -> str:
+    """The source a path belongs to, from where it lies under root."""
+    if _is_under(path, root / "working"):
+        return "working"
+    inputs = root / "input"
+    if not _is_under(path, inputs):
+        return _EXTERNAL
+    parts = Path(os.path.abspath(path)).relative_to(os.path.abspath(inputs)).parts
+    layout = parts[0] if len(parts) > 1 else ""
+    if layout in _LAYOUTS:
+        return _LAYOUTS[layout][0]
+    return "input_datasets"
+
+
+def _priority_of(source: str) -> int:
+    return _PRIORITY.get(source, len(SOURCES))
+
+
+def _show(path: os.PathLike[str] | str) -> str:
+    """A path as printable text, whatever bytes its name holds."""
+    return os.fspath(path).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+# --- Discovery -------------------------------------------------------------
+
+
+def _matcher(patterns: str | Sequence[str] | None) -> Callable[[str], bool]:
+    if patterns is None:
+        chosen: Sequence[str] = DEFAULT_PATTERNS
+    elif isinstance(patterns, str):
+        chosen = (patterns,)
+    else:
+        chosen = tuple(patterns)
+    lowered = [pattern.lower() for pattern in chosen]
+    return lambda name: any(fnmatch.fnmatchcase(name.lower(), p) for p in lowered)
+
+
+def _is_checkpoint_folder(name: str) -> bool:
+    lowered = name.lower()
+    return "checkpoint" in lowered or "ckpt" in lowered
+
+
+def _walk(
+    top: Path, match: Callable[[str], bool], max_depth: int, seen: set[tuple[int, int]]
+) -> Iterator[Path]:
+    """Yield the paths under top whose names match, at most max_depth levels down.
+
+    Hidden entries are skipped, a folder reached twice (a symlink loop) is
+    read once, and an unreadable folder or odd entry costs a debug line.
+    """
+    stack = [(top, 0)]
+    while stack:
+        folder, depth = stack.pop()
+        try:
+            info = folder.stat()
+        except OSError as e:
+            _log.debug("Skipping %r: %s", folder, e)
+            continue
+        if (info.st_dev, info.st_ino) in seen:
+            _log.debug("Skipping %r: already searched (a symlink loop?)", folder)
+            continue
+        seen.add((info.st_dev, info.st_ino))
+
+        found: list[Path] = []
+        subfolders: list[Path] = []
+        limit = None if _is_checkpoint_folder(folder.name) else _MAX_ENTRIES
+        try:
+            with os.scandir(folder) as entries:
+                for count, entry in enumerate(entries):
+                    if limit is not None and count >= limit:
+                        _log.debug(
+                            "Stopped reading %r after %d entries: a data folder; "
+                            "keep checkpoints in a checkpoints/ folder",
+                            folder,
+                            limit,
+                        )
+                        break
+                    if entry.name.startswith("."):
+                        continue
+                    try:
+                        if match(entry.name):
+                            found.append(Path(entry.path))
+                        elif entry.is_dir() and depth < max_depth:
+                            subfolders.append(Path(entry.path))
+                    except OSError as e:
+                        _log.debug("Skipping %r: %s", entry.path, e)
+        except OSError as e:
+            _log.debug("Cannot read folder %r: %s", folder, e)
+
+        yield from sorted(found)
+        stack.extend((sub, depth + 1) for sub in sorted(subfolders, reverse=True))
+
+
+def _search_plan(root: Path) -> list[tuple[str, Path, int]]:
+    """The folders to search, as (source, folder, depth) in priority order."""
+    working = root / "working"
+    plan = [("working", working, 0), ("working", working / "checkpoints", _MAX_DEPTH)]
+    inputs = root / "input"
+    try:
+        entries = sorted(os.scandir(inputs), key=lambda entry: entry.name)
+    except OSError as e:
+        _log.debug("No inputs searched in %r: %s", inputs, e)
+        return plan
+    for entry in entries:
+        try:
+            is_folder = entry.is_dir()
+        except OSError:
+            is_folder = False
+        if entry.name.startswith(".") or not is_folder:
+            continue
+        if entry.name in _SKIPPED_LAYOUTS:
+            _log.debug("Skipping %r: competition data holds no checkpoints", entry.path)
+        elif entry.name in _LAYOUTS:
+            source, levels = _LAYOUTS[entry.name]
+            plan.append((source, Path(entry.path), levels + _MAX_DEPTH))
+        else:
+            plan.append(("input_datasets", Path(entry.path), _MAX_DEPTH))
+    plan.sort(key=lambda item: _priority_of(item[0]))
+    return plan
+
+
+def find_checkpoint_locations(
+    root: str | os.PathLike[str] | None = None,
+    patterns: str | Sequence[str] | None = None,
+) -> dict[str, list[Path]]:
+    """List the checkpoint files under a Kaggle root, by source.
+
+    Args:
+        root: the Kaggle root; default $KAGGLE_RESUME_ROOT, else "/kaggle".
+        patterns: a file name or glob, or several; default *.pth, *.pt, *.ckpt.
+
+    Returns:
+        A dict with every name of SOURCES as a key, each a sorted list of the
+        paths found there: root/working and root/working/checkpoints, and
+        every dataset, notebook output and model under root/input, in the
+        flat layout and in the nested one. Competition data is skipped.
+    """
+    base = _root(root)
+    match = _matcher(patterns)
+    found: dict[str, list[Path]] = {source: [] for source in SOURCES}
+    seen_folders: set[tuple[int, int]] = set()
+    seen_paths: set[str] = set()
+    for source, folder, depth in _search_plan(base):
+        for path in _walk(folder, match, depth, seen_folders):
+            key = os.path.abspath(path)
+            if key not in seen_paths:
+                seen_paths.add(key)
+                found[source].append(path)
+    for paths in found.values():
+        paths.sort()
+    _log.debug(
+        "Found %s under %r",
+        ", ".join(f"{len(paths)} in {source}" for source, paths in found.items()),
+        base,
+    )
+    return found
+
+
+# --- Inspection ------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class CheckpointInfo:
+    """What one candidate checkpoint holds, and whether it can be resumed from.
+
+    ``error`` is None for a valid checkpoint, else the reason it was rejected.
+    ``metrics`` holds every numeric scalar found at the top level and in a
+    "metrics" dict (the top level wins), as floats.
+    """
+
+    path: Path
+    source: str
+    priority: int
+    epoch: int | None = None
+    step: int | None = None
+    accuracy: float | None = None
+    metrics: dict[str, float] = dataclasses.field(default_factory=dict)
+    is_valid: bool = False
+    error: str | None = None
+    size_bytes: int = 0
+    mtime: float = 0.0
+    keys: list[str] = dataclasses.field(default_factory=list)
+
+    def reject(self, reason: str) -> CheckpointInfo:
+        """Mark this candidate invalid for the given reason."""
+        self.is_valid = False
+        self.error = reason
+        return self
+
+
+@dataclasses.dataclass
+class _Summary:
+    """The parts of a checkpoint that inspection needs."""
+
+    keys: list[str]
+    scalars: dict[str, Any]  # top-level values that may be numbers
+    metrics: dict[str, Any]  # the "metrics" dict, when there is one
+
+
+class _LoadError(Exception):
+    """A checkpoint that cannot be loaded safely; the message is the reason."""
+
+
+def _scalar(value: Any) -> int | float | None:
+    """The plain number a checkpoint value holds, or None when it holds none."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1 or value.dtype == torch.bool or value.is_meta:
+            return None
+        value = value.item()
+    if isinstance(value, bool) or type(value).__name__ == "bool_":
+        return None
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    return None
+
+
+def _is_zip(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(4) == b"PK\x03\x04"
+
+
+def _refused_class(message: str) -> str | None:
+    found = re.search(r"GLOBAL ([\w.]+)", message) or re.search(
+        r"got <class '([\w.]+)'>", message
+    )
+    return found.group(1) if found else None
+
+
+def _explain_load_error(path: Path, error: BaseException) -> str:
+    """A one-line reason for a failed torch.load, saying what to do."""
+    message = str(error)
+    refused = _refused_class(message)
+    if isinstance(error, pickle.UnpicklingError) and refused:
+        if refused.split(".", 1)[0] in _CODE_MODULES:
+            return (
+                f"Load error: the checkpoint calls {refused!r}, which would run "
+                "code on your machine; it was not run, and this file is unsafe: "
+                "do not load it"
+            )
+        short = refused.rsplit(".", 1)[-1]
+        return (
+            f"Load error: the checkpoint holds {refused!r}, which weights_only "
+            f"loading refuses; if you trust {_show(path)!r}, pass "
+            f"safe_globals=[{short}] (or trusted=True)"
+        )
+    if isinstance(error, EOFError):
+        return "Load error: the file ends early (truncated); save or upload it again"
+    first = message.strip().splitlines()[0] if message.strip() else ""
+    return f"Load error: {type(error).__name__}: {first[:200]}"
+
+
+def _sniff(path: Path) -> None:
+    """Reject files that are plainly no checkpoint, with a reason that helps."""
+    with open(path, "rb") as f:
+        head = f.read(512)
+    if head.startswith(b"PK\x03\x04"):
+        if not zipfile.is_zipfile(path):
+            raise _LoadError(
+                "Load error: truncated zip archive (no end record); the save or "
+                "the upload was cut short, save or upload it again"
+            )
+        return
+    stripped = head.lstrip().lower()
+    if stripped.startswith((b"<!doctype html", b"<html", b"<?xml", b"<head")):
+        raise _LoadError(
+            "Load error: an HTML page, not a checkpoint (a failed download?); "
+            "download the file again"
+        )
+    if not head.startswith(b"\x80"):  # the legacy format is a pickle, protocol 2+
+        raise _LoadError(
+            "Load error: not a torch checkpoint (neither a zip archive nor a "
+            f"pickle; it starts with {head[:8]!r})"
+        )
+
+
+@contextlib.contextmanager
+def _allowing(safe_globals: Iterable[Any] | None) -> Iterator[None]:
+    """Allow numpy scalars and the caller's classes, for this block only."""
+    allowed = [*_numpy_globals(), *(safe_globals or ())]
+    with torch.serialization.safe_globals(allowed):
+        yield
+
+
+def _load(
+    path: Path,
+    *,
+    map_location: Any = "cpu",
+    safe_globals: Iterable[Any] | None = None,
+    trusted: bool = False,
+) -> Any:
+    """Load a checkpoint safely: weights_only, memory-mapped when it is a zip."""
+    _sniff(path)
+    mmap = _is_zip(path)
+    try:
+        if trusted:
+            _log.warning(
+                "Loading %r with weights_only=False: trusted=True was passed", path
+            )
+            return torch.load(
+                path, map_location=map_location, weights_only=False, mmap=mmap
+            )
+        with _allowing(safe_globals):
+            return torch.load(
+                path, map_location=map_location, weights_only=True, mmap=mmap
+            )
+    except Exception as e:
+        raise _LoadError(_explain_load_error(path, e)) from e
+
+
+def _read_meta(path: Path) -> _Summary | None:
+    """The summary record save_checkpoint put in the zip, or None."""
+    if not _is_zip(path):
+        return None
+    try:
+        with zipfile.ZipFile(path) as archive:
+            name = next(
+                (n for n in archive.namelist() if n.endswith("/" + _META_NAME)), None
+            )
+            if name is None:
+                return None
+            record = json.loads(archive.read(name))
+        return _Summary(
+            keys=[str(key) for key in record["keys"]],
+            scalars=dict(record["scalars"]),
+            metrics=dict(record.get("metrics") or {}),
+        )
+    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as e:
+        _log.debug("Ignoring the summary record of %r: %s", path, e)
+        return None
+
+
+def _summarize(obj: Any) -> _Summary:
+    if not isinstance(obj, Mapping):
+        raise _LoadError(
+            f"Not a checkpoint dict: the file holds a {type(obj).__name__}; save "
+            "a dict with 'epoch' and 'model_state_dict' (see save_checkpoint)"
+        )
+    scalars = {
+        str(key): value
+        for key, value in obj.items()
+        if not isinstance(value, (Mapping, list, tuple))
+    }
+    metrics = obj.get("metrics")
+    return _Summary(
+        keys=[str(key) for key in obj],
+        scalars=scalars,
+        metrics=dict(metrics) if isinstance(metrics, Mapping) else {},
+    )
+
+
+def _judge(
+    info: CheckpointInfo, summary: _Summary, required_keys: Sequence[str] | None
+) -> CheckpointInfo:
+    """Fill info from a summary and decide whether the checkpoint is valid."""
+    info.keys = list(summary.keys)
+    scalars = summary.scalars
+
+    if required_keys is None:
+        missing = [] if "epoch" in summary.keys else ["epoch"]
+        if not any(key in summary.keys for key in _MODEL_KEYS):
+            missing.append(_MODEL_KEYS[0])
+    else:
+        missing = [key for key in required_keys if key not in summary.keys]
+    if missing:
+        note = ""
+        if _MODEL_KEYS[0] in missing and required_keys is None:
+            note = " (a model state under 'model_state_dict', 'state_dict' or 'model')"
+        return info.reject(f"Missing keys: {missing}{note}")
+
+    for name in (*scalars, *summary.metrics):
+        if name in _NOT_METRICS or name in info.metrics:
+            continue
+        value = _scalar(scalars.get(name, summary.metrics.get(name)))
+        if value is not None:
+            info.metrics[name] = float(value)
+
+    if "epoch" in scalars:
+        raw = scalars["epoch"]
+        epoch = _scalar(raw)
+        if not isinstance(epoch, int) or epoch < 0:
+            return info.reject(f"Invalid epoch: {raw!r} (expected an integer >= 0)")
+        info.epoch = epoch
+    for key in _STEP_KEYS:
+        if key in scalars:
+            raw = scalars[key]
+            step = _scalar(raw)
+            if not isinstance(step, int) or step < 0:
+                return info.reject(f"Invalid step: {raw!r} (expected an integer >= 0)")
+            info.step = step
+            break
+
+    sources = [scalars, summary.metrics]
+    names = ("accuracy", *ACCURACY_ALIASES)
+    for name, where in ((n, w) for n in names for w in sources):
+        if name not in where:
+            continue
+        raw = where[name]
+        accuracy = _scalar(raw)
+        if accuracy is None or not math.isfinite(accuracy) or not 0 <= accuracy <= 1:
+            hint = ""
+            if accuracy is not None and 1 < accuracy <= 100:
+                hint = f"; store a fraction ({accuracy / 100:g} for {accuracy:g}%)"
+            return info.reject(
+                f"Invalid accuracy: {raw!r} (accuracy must lie in [0, 1]{hint})"
+            )
+        info.accuracy = float(accuracy)
+        info.metrics.setdefault("accuracy", float(accuracy))
+        break
+
+    info.is_valid = True
+    info.error = None
+    return info
+
+
+def get_checkpoint_info(
+    path: str | os.PathLike[str],
+    *,
+    required_keys: Sequence[str] | None = None,
+    source: str | None = None,
+    priority: int | None = None,
+    root: str | os.PathLike[str] | None = None,
+    safe_globals: Iterable[Any] | None = None,
+    trusted: bool = False,
+) -> CheckpointInfo:
+    """Inspect one checkpoint without ever running code from it.
+
+    Never raises for a bad file: the reason goes into ``error``. Loading uses
+    weights_only=True and mmap, so tensor bytes are not read; a checkpoint
+    written by save_checkpoint is read from its small summary record.
+
+    Args:
+        path: the checkpoint file.
+        required_keys: keys that must be present; default "epoch" plus a model
+            state under "model_state_dict", "state_dict" or "model".
+        source, priority: where the file comes from; by default they follow
+            from where the path lies under root.
+        root: the Kaggle root; default $KAGGLE_RESUME_ROOT, else "/kaggle".
+        safe_globals: classes to allow while unpickling, for this call only.
+        trusted: load with weights_only=False (code in the file can run).
+
+    Returns:
+        A CheckpointInfo; ``is_valid`` says whether it can be resumed from.
+    """
+    path = Path(path)
+    if source is None:
+        source = _source_of(path, _root(root))
+    if priority is None:
+        priority = _priority_of(source)
+    info = CheckpointInfo(path=path, source=source, priority=priority)
+
+    try:
+        status = path.stat()
+    except FileNotFoundError:
+        if path.is_symlink():
+            return info.reject("Not found: a broken symlink; its target is missing")
+        return info.reject("Not found: the file does not exist (removed?)")
+    except OSError as e:
+        return info.reject(f"Load error: cannot read the file: {e.strerror or e}")
+    if not stat.S_ISREG(status.st_mode):
+        return info.reject(
+            "Not a file: a folder or special file whose name looks like a checkpoint"
+        )
+    info.size_bytes = status.st_size
+    info.mtime = status.st_mtime
+    if status.st_size == 0:
+        return info.reject("Empty file (0 bytes): the save never wrote anything")
+
+    try:
+        summary = _read_meta(path)
+        if summary is None:
+            obj = _load(path, safe_globals=safe_globals, trusted=trusted)
+            summary = _summarize(obj)
+            del obj
+    except _LoadError as e:
+        return info.reject(str(e))
+    except OSError as e:
+        return info.reject(f"Load error: cannot read the file: {e.strerror or e}")
+    except Exception as e:  # a bad file must never stop a scan
+        return info.reject(f"Load error: {type(e).__name__}: {e}")
+    return _judge(info, summary, required_keys)
+
+
+def _info_from_checkpoint(
+    info: CheckpointInfo, checkpoint: Any, required_keys: Sequence[str] | None
+) -> CheckpointInfo:
+    """Judge a fully loaded checkpoint (its summary record may have lied)."""
+    fresh = dataclasses.replace(info, metrics={}, keys=[], is_valid=False, error=None)
+    try:
+        return _judge(fresh, _summarize(checkpoint), required_keys)
+    except _LoadError as e:
+        return fresh.reject(str(e))
+
+
+# --- Selection -------------------------------------------------------------
+
+
+def _resolve_mode(metric: str, mode: str | None) -> str:
+    if mode is None:
+        lowered = metric.lower()
+        return "min" if any(word in lowered for word in _LOWER_IS_BETTER) else "max"
+    if mode not in ("min", "max"):
+        raise ValueError(f"mode must be 'min', 'max' or None, not {mode!r}")
+    return mode
+
+
+def _metric_value(info: CheckpointInfo, metric: str) -> float | None:
+    value = info.accuracy if metric == "accuracy" else info.metrics.get(metric)
+    if value is None or not math.isfinite(value):
+        return None
+    return value
+
+
+def _num(value: int | None) -> int:
+    return -1 if value is None else value
+
+
+def _rank(
+    candidates: Iterable[CheckpointInfo], prefer_metric: str | None, mode: str | None
+) -> tuple[list[CheckpointInfo], str]:
+    """The valid candidates, best first, and a phrase saying how they were ranked."""
+    valid = [info for info in candidates if info.is_valid]
+
+    def tail(info: CheckpointInfo) -> tuple[float, str]:
+        return (-info.mtime, os.fspath(info.path))
+
+    if prefer_metric is None:
+        valid.sort(key=lambda i: (i.priority, -_num(i.epoch), -_num(i.step), *tail(i)))
+        return valid, "by source priority, then the higher epoch"
+    if prefer_metric in _LATEST:
+        valid.sort(key=lambda i: (-_num(i.epoch), -_num(i.step), i.priority, *tail(i)))
+        return valid, "by the highest epoch, then step"
+
+    chosen_mode = _resolve_mode(prefer_metric, mode)
+    sign = -1.0 if chosen_mode == "max" else 1.0
+
+    def by_metric(info: CheckpointInfo) -> tuple[Any, ...]:
+        value = _metric_value(info, prefer_metric)
+        missing = value is None
+        score = 0.0 if value is None else sign * value
+        return (missing, score, -_num(info.epoch), info.priority, *tail(info))
+
+    valid.sort(key=by_metric)
+    best = "highest" if chosen_mode == "max" else "lowest"
+    return valid, f"by the {best} {prefer_metric}"
+
+
+def _scan(
+    root: Path,
+    patterns: str | Sequence[str] | None,
+    required_keys: Sequence[str] | None,
+    safe_globals: Iterable[Any] | None,
+    trusted: bool,
+) -> list[CheckpointInfo]:
+    """Inspect every checkpoint found under root, logging each one."""
+    candidates = []
+    for source, paths in find_checkpoint_locations(root, patterns).items():
+        for path in paths:
+            info = get_checkpoint_info(
+                path,
+                required_keys=required_keys,
+                source=source,
+                priority=_priority_of(source),
+                root=root,
+                safe_globals=safe_globals,
+                trusted=trusted,
+            )
+            if info.is_valid:
+                _log.info(
+                    "Found [%s] %r: epoch %s, step %s, accuracy %s",
+                    source,
+                    path,
+                    info.epoch,
+                    info.step,
+                    info.accuracy,
+                )
+            else:
+                _log.warning("Rejected [%s] %r: %s", source, path, info.error)
+            candidates.append(info)
+    return candidates
+
+
+def find_best_checkpoint_across_sources(
+    prefer_metric: str | None = None,
+    *,
+    mode: str | None = None,
+    root: str | os.PathLike[str] | None = None,
+    patterns: str | Sequence[str] | None = None,
+    required_keys: Sequence[str] | None = None,
+    safe_globals: Iterable[Any] | None = None,
+    trusted: bool = False,
+) -> tuple[Path | None, CheckpointInfo | None, list[CheckpointInfo]]:
+    """Find every checkpoint, inspect each one and choose the best valid one.
+
+    Args:
+        prefer_metric: None chooses by source priority (working, then input
+            datasets, notebook outputs, models; ties by epoch, step, newer
+            file). "epoch" or "latest" chooses the highest epoch. Any other
+            name chooses by that metric ("accuracy" uses its aliases too).
+        mode: "max" or "min" for the metric; by default "min" for names with
+            loss, error or perplexity in them, else "max".
+        root, patterns, required_keys, safe_globals, trusted: as for
+            find_checkpoint_locations and get_checkpoint_info.
+
+    Returns:
+        (best_path, best_info, all_candidates); (None, None, all_candidates)
+        when no candidate is valid. all_candidates keeps discovery order.
+    """
+    base = _root(root)
+    candidates = _scan(base, patterns, required_keys, safe_globals, trusted)
+    ranked, how = _rank(candidates, prefer_metric, mode)
+    if not ranked:
+        _log.info("No valid checkpoint among %d candidates", len(candidates))
+        return None, None, candidates
+    best = ranked[0]
+    _log.info(
+        "Chose %r (%s, epoch %s) %s among %d valid of %d candidates",
+        best.path,
+        best.source,
+        best.epoch,
+        how,
+        len(ranked),
+        len(candidates),
+    )
+    return best.path, best, candidates
+
+
+# --- Copy ------------------------------------------------------------------
+
+
+def _format_bytes(count: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(count) < 1000 or unit == "GB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1000
+    raise AssertionError("unreachable")
+
+
+def _no_space(needed: int, free: int, folder: Path, what: str) -> OSError:
+    message = (
+        f"Not enough space in {_show(folder)!r} to {what}: {needed} bytes "
+        f"({_format_bytes(needed)}) needed, {free} bytes ({_format_bytes(free)}) "
+        f"free; delete old checkpoints there (Kaggle caps /kaggle/working at 20 GB)"
+    )
+    return OSError(errno.ENOSPC, message)
+
+
+def _check_space(folder: Path, needed: int, what: str) -> None:
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        raise _no_space(needed, free, folder, what)
+
+
+def _temp_path(dst: Path) -> Path:
+    """A hidden name beside dst that no checkpoint pattern matches."""
+    token = f"{os.getpid()}.{secrets.token_hex(4)}"
+    return dst.with_name(f".{dst.name}.{token}{_TEMP_SUFFIX}")
+
+
+def _fsync_folder(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        descriptor = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+
+
+@contextlib.contextmanager
+def _atomic_target(dst: Path, needed: int, what: str) -> Iterator[Path]:
+    """Yield a temporary path; on success it replaces dst, else it is removed."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    _check_space(dst.parent, needed, what)
+    temp = _temp_path(dst)
+    try:
+        yield temp
+        with open(temp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(temp, dst)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            temp.unlink()
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            free = shutil.disk_usage(dst.parent).free
+            raise _no_space(needed, free, dst.parent, what) from e
+        raise
+    _fsync_folder(dst.parent)
+
+
+def _backup_name(dst: Path) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    backup = dst.with_name(f"{dst.name}.bak-{stamp}")
+    number = 1
+    while backup.exists():
+        number += 1
+        backup = dst.with_name(f"{dst.name}.bak-{stamp}-{number}")
+    return backup
+
+
+def _copy(src: Path, root: Path) -> tuple[Path, Path | None]:
+    """Copy src into root/working/checkpoints; return (dst, backup or None)."""
+    dst = root / "working" / "checkpoints" / src.name
+    size = src.stat().st_size
+    backup = None
+    if dst.exists():
+        if dst.stat().st_size == size and filecmp.cmp(src, dst, shallow=False):
+            _log.info("%r is already in working as %r: not copied again", src, dst)
+            return dst, None
+        backup = _backup_name(dst)
+
+    with _atomic_target(dst, size, f"copy {_show(src)!r}") as temp:
+        shutil.copyfile(src, temp)
+        mtime = src.stat().st_mtime
+        os.utime(temp, (mtime, mtime))
+        if backup is not None:
+            os.replace(dst, backup)
+            _log.warning(
+                "Kept the different file that was at %r as %r", dst, backup.name
+            )
+    _log.info("Copied %r to %r (%s)", src, dst, _format_bytes(size))
+    return dst, backup
+
+
+def copy_checkpoint_to_working(
+    path: str | os.PathLike[str], *, root: str | os.PathLike[str] | None = None
+) -> Path:
+    """Make a checkpoint writable: copy it from an input into working.
+
+    A checkpoint already under root/working is returned as it is. Another is
+    copied to root/working/checkpoints/<name> through a temporary file and
+    os.replace, so a kill mid-copy leaves no half file under that name. A
+    byte-identical file there is not copied again; a different one is kept
+    under a backup name that no checkpoint pattern matches.
+
+    Raises:
+        OSError: with errno ENOSPC when the copy does not fit (nothing is
+            written), or when the source cannot be read.
+    """
+    base = _root(root)
+    src = Path(path)
+    if _is_under(src, base / "working"):
+        return src
+    dst, _ = _copy(src, base)
+    return dst
+
+
+# --- Save ------------------------------------------------------------------
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The module inside DataParallel, DistributedDataParallel and torch.compile."""
+    while True:
+        inner = getattr(model, "module", None) if isinstance(model, _WRAPPERS) else None
+        if inner is None:
+            inner = getattr(model, "_orig_mod", None)
+        if not isinstance(inner, torch.nn.Module):
+            return model
+        model = inner
+
+
+def _rng_state() -> dict[str, Any]:
+    """Every RNG state, as tensors and plain numbers only."""
+    version, internal, gauss = random.getstate()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "python": {
+            "version": version,
+            "state": torch.tensor(internal, dtype=torch.int64),
+            "gauss": gauss,
+        },
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    numpy = sys.modules.get("numpy")
+    if numpy is not None:
+        name, keys, position, has_gauss, cached = numpy.random.get_state()
+        state["numpy"] = {
+            "name": str(name),
+            "keys": torch.tensor(keys.astype("int64")),
+            "pos": int(position),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        }
+    return state
+
+
+def _set_rng_state(state: Mapping[str, Any]) -> None:
+    if "torch" in state:
+        torch.set_rng_state(state["torch"].cpu().to(torch.uint8))
+    python = state.get("python")
+    if python:
+        internal = tuple(int(x) for x in python["state"].tolist())
+        random.setstate((python["version"], internal, python["gauss"]))
+    cuda = state.get("cuda")
+    if cuda and torch.cuda.is_available():
+        if len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all([s.cpu().to(torch.uint8) for s in cuda])
+        else:
+            _log.warning("CUDA RNG states not restored: the GPU count changed")
+    numpy_state = state.get("numpy")
+    numpy = sys.modules.get("numpy")
+    if numpy_state and numpy is not None:
+        numpy.random.set_state(
+            (
+                numpy_state["name"],
+                numpy.asarray(numpy_state["keys"].tolist(), dtype=numpy.uint32),
+                numpy_state["pos"],
+                numpy_state["has_gauss"],
+                numpy_state["cached_gaussian"],
+            )
+        )
+
+
+def _save_path(path: str | os.PathLike[str] | None, root: Path) -> Path:
+    folder = root / "working" / "checkpoints"
+    if path is None:
+        return folder / "checkpoint.pth"
+    chosen = Path(path)
+    if chosen.parent == Path("."):
+        chosen = folder / chosen
+    if _is_under(chosen, root / "input"):
+        raise ValueError(
+            f"Cannot save to {_show(chosen)!r}: {_show(root / 'input')!r} is "
+            "read-only on Kaggle; save under root/working instead"
+        )
+    return chosen
+
+
+def _summary_record(checkpoint: Mapping[str, Any]) -> bytes:
+    scalars = {}
+    for key, value in checkpoint.items():
+        number = _scalar(value) if not isinstance(value, Mapping) else None
+        if number is not None:
+            scalars[key] = number
+    metrics = {
+        str(key): number
+        for key, value in (checkpoint.get("metrics") or {}).items()
+        if (number := _scalar(value)) is not None
+    }
+    record = {"format_version": _FORMAT_VERSION, "keys": list(checkpoint)}
+    record.update(scalars=scalars, metrics=metrics)
+    return json.dumps(record).encode()
+
+
+def _tensor_bytes(obj: Any) -> int:
+    if isinstance(obj, torch.Tensor):
+        return obj.element_size() * obj.nelement()
+    if isinstance(obj, Mapping):
+        return sum(_tensor_bytes(value) for value in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(value) for value in obj)
+    return 0
+
+
+def save_checkpoint(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Any = None,
+    scaler: Any = None,
+    epoch: int,
+    step: int | None = None,
+    accuracy: float | None = None,
+    metrics: Mapping[str, float] | None = None,
+    history: Any = None,
+    extra: Mapping[str, Any] | None = None,
+    root: str | os.PathLike[str] | None = None,
+) -> Path:
+    """Save everything needed to resume, atomically.
+
+    The file is written to a temporary name in the same folder, flushed,
+    fsynced and moved over the old one, so the previous checkpoint survives a
+    kill at any point. It loads with a plain torch.load(path, weights_only=True).
+
+    Args:
+        path: a file; a bare name goes into root/working/checkpoints/, None
+            means root/working/checkpoints/checkpoint.pth.
+        model: its state is saved without DataParallel/DDP or compile prefixes.
+        optimizer, scheduler, scaler: saved when given.
+        epoch: the epoch just finished (an int >= 0); resume starts at epoch+1.
+        step, accuracy, metrics, history, extra: saved when given; accuracy
+            must lie in [0, 1].
+        root: the Kaggle root; default $KAGGLE_RESUME_ROOT, else "/kaggle".
+
+    Returns:
+        The path written.
+
+    Raises:
+        ValueError: a bad epoch, step or accuracy, or a path under root/input.
+        OSError: errno ENOSPC when the checkpoint does not fit; the previous
+            file is kept and no partial file is left.
+    """
+    epoch_value = _scalar(epoch)
+    if not isinstance(epoch_value, int) or epoch_value < 0:
+        raise ValueError(f"epoch must be an integer >= 0, not {epoch!r}")
+    step_value = None if step is None else _scalar(step)
+    if step is not None and (not isinstance(step_value, int) or step_value < 0):
+        raise ValueError(f"step must be an integer >= 0, not {step!r}")
+    accuracy_value = None if accuracy is None else _scalar(accuracy)
+    if accuracy is not None and (
+        accuracy_value is None
+        or not math.isfinite(accuracy_value)
+        or not 0 <= accuracy_value <= 1
+    ):
+        raise ValueError(
+            f"accuracy must lie in [0, 1], not {accuracy!r}; store a fraction"
+        )
+    dst = _save_path(path, _root(root))
+
+    checkpoint: dict[str, Any] = {
+        "format_version": _FORMAT_VERSION,
+        "epoch": epoch_value,
+        "model_state_dict": _unwrap(model).state_dict(),
+    }
+    if step is not None:
+        checkpoint["step"] = step_value
+    parts = {"optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
+    for name, part in parts.items():
+        if part is not None:
+            checkpoint[f"{name}_state_dict"] = part.state_dict()
+    if accuracy is not None:
+        checkpoint["accuracy"] = float(accuracy_value)  # type: ignore[arg-type]
+    if metrics is not None:
+        checkpoint["metrics"] = {
+            str(key): _scalar(value) if _scalar(value) is not None else value
+            for key, value in metrics.items()
+        }
+    if history is not None:
+        checkpoint["history"] = history
+    checkpoint["rng_state"] = _rng_state()
+    if extra is not None:
+        checkpoint["extra"] = dict(extra)
+
+    needed = _tensor_bytes(checkpoint) + (1 << 20)
+    with _atomic_target(dst, needed, "save a checkpoint") as temp:
+        torch.save(checkpoint, temp)
+        with zipfile.ZipFile(temp, "a") as archive:
+            data = next(n for n in archive.namelist() if n.endswith("data.pkl"))
+            folder = data.rsplit("/", 1)[0]
+            archive.writestr(f"{folder}/{_META_NAME}", _summary_record(checkpoint))
+    _log.info("Saved epoch %s to %r", epoch_value, dst)
+    return dst
+
+
+# --- Resume ----------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class ResumeState:
+    """Where training goes on from, and what was found on the way."""
+
+    start_epoch: int = 0
+    start_step: int = 0
+    resumed: bool = False
+    path: Path | None = None
+    info: CheckpointInfo | None = None
+    candidates: list[CheckpointInfo] = dataclasses.field(default_factory=list)
+    history: Any = None
+    checkpoint: dict[str, Any] = dataclasses.field(default_factory=dict)
+    reason: str = ""
+
+
+_PREFIXES = ("module.", "_orig_mod.")
+
+
+def _strip_prefixes(state: Mapping[str, Any]) -> dict[str, Any]:
+    """Drop DataParallel/DDP "module." and torch.compile "_orig_mod." prefixes."""
+    clean = {}
+    for key, value in state.items():
+        name = str(key)
+        while name.startswith(_PREFIXES):
+            name = name.split(".", 1)[1]
+        clean[name] = value
+    return clean
+
+
+def _model_state(checkpoint: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    for key in _MODEL_KEYS:
+        state = checkpoint.get(key)
+        if isinstance(state, Mapping):
+            return state
+    return None
+
+
+def _check_fit(
+    checkpoint: Mapping[str, Any],
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    strict: bool,
+) -> str | None:
+    """Why the checkpoint cannot load into model and optimizer, or None."""
+    saved = _model_state(checkpoint)
+    if saved is None:
+        return "Does not fit the model: no model state dict in the checkpoint"
+    state = _strip_prefixes(saved)
+    target = _unwrap(model).state_dict()
+
+    missing = sorted(target.keys() - state.keys())
+    unexpected = sorted(state.keys() - target.keys())
+    if strict and (missing or unexpected):
+        return (
+            f"Does not fit the model: {len(missing)} missing keys {missing[:3]}, "
+            f"{len(unexpected)} unexpected keys {unexpected[:3]} (strict=False "
+            "loads the keys that match)"
+        )
+    for key in sorted(target.keys() & state.keys()):
+        have, want = state[key], target[key]
+        if isinstance(have, torch.Tensor) and have.shape != want.shape:
+            return (
+                f"Does not fit the model: {key!r} has shape {tuple(have.shape)} "
+                f"in the checkpoint, {tuple(want.shape)} in the model"
+            )
+
+    saved_optimizer = checkpoint.get("optimizer_state_dict")
+    if optimizer is not None and isinstance(saved_optimizer, Mapping):
+        groups = saved_optimizer.get("param_groups") or []
+        own = optimizer.state_dict()["param_groups"]
+        sizes = [len(group.get("params", ())) for group in groups]
+        own_sizes = [len(group["params"]) for group in own]
+        if sizes != own_sizes:
+            return (
+                f"Does not fit the optimizer: parameter groups of sizes {sizes} "
+                f"in the checkpoint, {own_sizes} in the optimizer"
+            )
+    return None
+
+
+def _verify_zip(path: Path) -> str | None:
+    """Check every record's CRC-32; why the file is damaged, or None."""
+    if not _is_zip(path):
+        return None
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for member in archive.infolist():
+                with archive.open(member) as record:
+                    while record.read(_CHUNK):
+                        pass
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+        return f"Integrity error: {e}; the file is damaged, upload it again"
+    return None
+
+
+def _apply(
+    checkpoint: Mapping[str, Any],
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    scheduler: Any,
+    scaler: Any,
+    strict: bool,
+) -> None:
+    """Load each saved state into its object (the fit was checked already)."""
+    state = _strip_prefixes(_model_state(checkpoint) or {})
+    _unwrap(model).load_state_dict(state, strict=strict)
+    parts = {"optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
+    for name, part in parts.items():
+        if part is None:
+            continue
+        saved = checkpoint.get(f"{name}_state_dict")
+        if saved is None:
+            _log.warning(
+                "No %s state in the checkpoint: the %s starts fresh", name, name
+            )
+        else:
+            part.load_state_dict(saved)
+    rng = checkpoint.get("rng_state")
+    if isinstance(rng, Mapping):
+        _set_rng_state(rng)
+
+
+def _trim_history(history: Any, epoch: int | None) -> Any:
+    """Keep the history entries of epochs up to the resumed one."""
+    if epoch is None or history is None:
+        return history
+    if isinstance(history, list):
+        if all(isinstance(item, Mapping) and "epoch" in item for item in history):
+            return [item for item in history if _epoch_of(item) <= epoch]
+        return history[: epoch + 1]
+    if isinstance(history, Mapping):
+        return {
+            key: value[: epoch + 1] if isinstance(value, list) else value
+            for key, value in history.items()
+        }
+    return history
+
+
+def _epoch_of(entry: Mapping[str, Any]) -> float:
+    value = _scalar(entry["epoch"])
+    return -1 if value is None else value
+
+
+def _model_device(model: torch.nn.Module) -> torch.device:
+    for tensor in (*model.parameters(), *model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
+def _logging_configured() -> bool:
+    """Whether our INFO lines reach a handler someone configured."""
+    if not _log.isEnabledFor(logging.INFO):
+        return False
+    logger: logging.Logger | None = _log
+    while logger is not None:
+        if any(not isinstance(h, logging.NullHandler) for h in logger.handlers):
+            return True
+        logger = logger.parent if logger.propagate else None
+    return False
+
+
+def _table(
+    candidates: Sequence[CheckpointInfo], root: Path, chosen: Path | None
+) -> str:
+    """The candidates as a plain text table, the chosen one marked with *."""
+    header = ("", "location", "source", "epoch", "step", "accuracy", "size", "valid")
+    rows = [header]
+    for candidate in candidates:
+        try:
+            location = os.path.relpath(candidate.path, root)
+        except ValueError:
+            location = os.fspath(candidate.path)
+        rows.append(
+            (
+                "*" if chosen is not None and candidate.path == chosen else "",
+                _show(location),
+                candidate.source,
+                "-" if candidate.epoch is None else str(candidate.epoch),
+                "-" if candidate.step is None else str(candidate.step),
+                "-" if candidate.accuracy is None else f"{candidate.accuracy:.4f}",
+                _format_bytes(candidate.size_bytes),
+                "yes" if candidate.is_valid else "no",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = []
+    described: list[CheckpointInfo | None] = [None, *candidates]
+    for row, info in zip(rows, described, strict=True):
+        line = "  ".join(
+            cell.ljust(width) for cell, width in zip(row, widths, strict=True)
+        )
+        if info is not None and info.error:
+            line += f"  {info.error}"
+        elif info is None:
+            line += "  reason"
+        lines.append(line.rstrip())
+    return "\n".join(lines)
+
+
+def resume(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Any = None,
+    scaler: Any = None,
+    *,
+    pattern: str | Sequence[str] | None = None,
+    prefer_metric: str | None = None,
+    mode: str | None = None,
+    root: str | os.PathLike[str] | None = None,
+    map_location: Any = None,
+    strict: bool = True,
+    copy: bool = True,
+    required_keys: Sequence[str] | None = None,
+    verbose: bool = True,
+    verify: bool = True,
+    safe_globals: Iterable[Any] | None = None,
+    trusted: bool = False,
+) -> ResumeState:
+    """Find the best checkpoint and restore training from it.
+
+    Finds and ranks every checkpoint (see find_best_checkpoint_across_sources),
+    copies the chosen one into root/working/checkpoints when it lies in an
+    input (copy=True), checks its integrity (verify=True) and that it fits,
+    then loads model, optimizer, scheduler, scaler and RNG states. A candidate
+    that fails falls back to the next one; when none loads, training starts
+    fresh and the reason for each candidate is logged.
+
+    Args:
+        model, optimizer, scheduler, scaler: what to restore (model required).
+        pattern: a file name or glob, or several; default *.pth, *.pt, *.ckpt.
+        prefer_metric, mode: how to choose, as for
+            find_best_checkpoint_across_sources.
+        root: the Kaggle root; default $KAGGLE_RESUME_ROOT, else "/kaggle".
+        map_location: where tensors go; default the device of the model.
+        strict: passed to load_state_dict; strict=False loads matching keys.
+        copy: copy a checkpoint from an input into working first.
+        required_keys: as for get_checkpoint_info.
+        verbose: print a summary table when logging is not configured;
+            False prints nothing at all.
+        verify: check the zip CRC-32s before loading (about 0.4 s per GB).
+        safe_globals, trusted: as for get_checkpoint_info.
+
+    Returns:
+        A ResumeState: start_epoch (0 when fresh), start_step, resumed, path,
+        info, candidates, history (trimmed to the resumed epoch) and the
+        loaded checkpoint dict ({} when fresh).
+    """
+    base = _root(root)
+    candidates = _scan(base, pattern, required_keys, safe_globals, trusted)
+    ranked, how = _rank(candidates, prefer_metric, mode)
+    device = map_location if map_location is not None else _model_device(model)
+    state = ResumeState(candidates=candidates)
+
+    for info in ranked:
+        used, backup = info.path, None
+        if copy and not _is_under(info.path, base / "working"):
+            try:
+                used, backup = _copy(info.path, base)
+            except OSError as e:
+                _log.warning("Loading %r in place: the copy failed: %s", info.path, e)
+
+        reason = _verify_zip(used) if verify else None
+        checkpoint: Any = None
+        if reason is None:
+            try:
+                checkpoint = _load(
+                    used,
+                    map_location=device,
+                    safe_globals=safe_globals,
+                    trusted=trusted,
+                )
+            except _LoadError as e:
+                reason = str(e)
+            except OSError as e:
+                reason = f"Load error: cannot read the file: {e.strerror or e}"
+        real = info
+        if reason is None:
+            real = _info_from_checkpoint(info, checkpoint, required_keys)
+            reason = real.error or _check_fit(checkpoint, model, optimizer, strict)
+        if reason is not None:
+            info.reject(reason)
+            _log.warning(
+                "Cannot resume from %r: %s; trying the next", info.path, reason
+            )
+            if used != info.path:
+                _undo_copy(used, backup)
+            continue
+
+        _apply(checkpoint, model, optimizer, scheduler, scaler, strict)
+        for field in dataclasses.fields(real):  # what was loaded, not the record
+            setattr(info, field.name, getattr(real, field.name))
+        epoch = info.epoch
+        state = ResumeState(
+            start_epoch=0 if epoch is None else epoch + 1,
+            start_step=0 if info.step is None else info.step + 1,
+            resumed=True,
+            path=used,
+            info=info,
+            candidates=candidates,
+            history=_trim_history(checkpoint.get("history"), epoch),
+            checkpoint=dict(checkpoint),
+            reason=f"chosen {how}",
+        )
+        _log.info(
+            "Resuming from %r (%s, epoch %s): training starts at epoch %d",
+            used,
+            info.source,
+            epoch,
+            state.start_epoch,
+        )
+        break
+    else:
+        _log.info(
+            "No checkpoint could be resumed from (%d candidates): starting fresh",
+            len(candidates),
+        )
+
+    if verbose and not _logging_configured():
+        print(_summary(state, base))
+    return state
+
+
+def _undo_copy(copied: Path, backup: Path | None) -> None:
+    """Remove a copy that failed to load, and put back what it displaced."""
+    with contextlib.suppress(OSError):
+        copied.unlink()
+        _log.info("Removed the copy %r: it failed to load", copied)
+    if backup is not None:
+        with contextlib.suppress(OSError):
+            os.replace(backup, copied)
+
+
+def _summary(state: ResumeState, root: Path) -> str:
+    chosen = state.info.path if state.info is not None else None
+    lines = ["kaggle_resume: checkpoint candidates"]
+    if state.candidates:
+        lines.append(_table(state.candidates, root, chosen))
+    else:
+        lines.append(f"  (no checkpoint files under {_show(root)!r})")
+    if state.resumed and state.info is not None:
+        lines.append(
+            f"Resumed from {_show(state.path or '')!r} ({state.info.source}, "
+            f"epoch {state.info.epoch}, {state.reason}): training starts at "
+            f"epoch {state.start_epoch}"
+        )
+    else:
+        lines.append("No valid checkpoint: training starts fresh at epoch 0")
+    return "\n".join(lines)
+
+
+# --- Command line ----------------------------------------------------------
+
+
+def _cmd_scan(args: argparse.Namespace) -> int:
+    root = _root(args.root)
+    try:
+        path, info, candidates = find_best_checkpoint_across_sources(
+            args.metric, mode=args.mode, root=root, patterns=args.pattern
+        )
+    except ValueError as e:
+        print(f"kaggle_resume scan: {e}", file=sys.stderr)
+        return 2
+    print(f"Checkpoints under {_show(root)!r}:")
+    if candidates:
+        print(_table(candidates, root, path))
+    else:
+        print("  (none found)")
+    if path is None or info is None:
+        print("No valid checkpoint.")
+        return 1
+    print(
+        f"Best: {_show(path)!r} ({info.source}, epoch {info.epoch}, "
+        f"accuracy {info.accuracy}); resume would start at epoch "
+        f"{0 if info.epoch is None else info.epoch + 1}"
+    )
+    return 0
+
+
+def _demo_session(
+    number: int, root: Path, epochs: int, data: tuple[torch.Tensor, torch.Tensor]
+) -> None:
+    """One simulated Kaggle session: resume, train a few epochs, save each one."""
+    inputs, labels = data
+    print(f"\n=== Session {number} ===")
+    model = torch.nn.Sequential(
+        torch.nn.Linear(4, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2)
+    )
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.2, momentum=0.9)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=3, gamma=0.5)
+    state = resume(model, optimizer, scheduler, root=root)
+    history = state.history or []
+    if state.resumed:
+        print(f"Session {number} resumed at epoch {state.start_epoch}")
+    else:
+        print(f"Session {number} starts fresh at epoch 0")
+
+    for epoch in range(state.start_epoch, state.start_epoch + epochs):
+        optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(inputs), labels)
+        loss.backward()  # type: ignore[no-untyped-call]
+        optimizer.step()
+        scheduler.step()
+        accuracy = (model(inputs).argmax(1) == labels).float().mean().item()
+        history.append({"epoch": epoch, "loss": loss.item(), "accuracy": accuracy})
+        save_checkpoint(
+            "model.pth",
+            model=model,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            epoch=epoch,
+            step=(epoch + 1) * 10 - 1,
+            accuracy=accuracy,
+            metrics={"loss": loss.item()},
+            history=history,
+            root=root,
+        )
+        print(f"  epoch {epoch}: loss {loss.item():.3f}, accuracy {accuracy:.3f}")
+    print(f"  history holds {len(history)} epochs, one entry each")
+
+
+def _demo_upload(root: Path, folder: Path) -> None:
+    """What the user does between sessions: output -> dataset -> input."""
+    shutil.copytree(root / "working" / "checkpoints", folder / "checkpoints")
+    shutil.rmtree(root / "working")
+    (root / "working").mkdir()
+    for path in folder.rglob("*"):
+        path.chmod(0o555 if path.is_dir() else 0o444)
+    print(f"  (output uploaded as a dataset: {_show(folder.relative_to(root))})")
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    with contextlib.ExitStack() as stack:
+        if args.root is None:
+            temp = stack.enter_context(tempfile.TemporaryDirectory())
+            root = Path(temp) / "kaggle"
+        else:
+            root = Path(args.root)
+        (root / "working").mkdir(parents=True, exist_ok=True)
+        (root / "input").mkdir(exist_ok=True)
+        print(f"A simulated Kaggle tree in {_show(root)}: three sessions")
+        generator = torch.Generator().manual_seed(0)
+        inputs = torch.randn(256, 4, generator=generator)
+        labels = (inputs[:, 0] + inputs[:, 1] > 0).long()
+        torch.manual_seed(0)
+
+        _demo_session(1, root, 3, (inputs, labels))
+        _demo_upload(root, root / "input" / "run1")
+        _demo_session(2, root, 3, (inputs, labels))
+        _demo_upload(root, root / "input" / "datasets" / "you" / "run2")
+        print("\nSession 3 has both run1 (epoch 2) and run2 (epoch 5) attached.")
+        _demo_session(3, root, 3, (inputs, labels))
+        if args.root is None:
+            for path in (root / "input").rglob("*"):
+                path.chmod(0o755 if path.is_dir() else 0o644)
+    print("\nDone: each session went on at epoch N+1 of the one before.")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kaggle_resume.py",
+        description="Find, check and choose PyTorch checkpoints across Kaggle "
+        "sessions.",
+    )
+    parser.add_argument("--version", action="version", version=__version__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    scan = commands.add_parser(
+        "scan", help="list every checkpoint found and the one resume would take"
+    )
+    scan.add_argument(
+        "--root", help="Kaggle root (default $KAGGLE_RESUME_ROOT or /kaggle)"
+    )
+    scan.add_argument(
+        "--pattern", action="append", help="file name or glob; repeat for several"
+    )
+    scan.add_argument("--metric", help="choose by this metric, or 'epoch'")
+    scan.add_argument("--mode", choices=("min", "max"), help="best is min or max")
+    scan.add_argument("-v", "--verbose", action="store_true", help="log each step")
+    scan.set_defaults(run=_cmd_scan)
+
+    demo = commands.add_parser(
+        "demo", help="run three simulated Kaggle sessions that resume each other"
+    )
+    demo.add_argument("--root", help="build the tree here (default a temp folder)")
+    demo.add_argument("-v", "--verbose", action="store_true", help="log each step")
+    demo.set_defaults(run=_cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit status."""
+    args = _parser().parse_args(argv)
+    if args.verbose:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    return int(args.run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,45 @@
+"""Sessions for kaggle_resume: tests, lint, typecheck, demo, bench.
+
+``python -m nox -l`` lists them; ``python -m nox -s tests`` runs the tests.
+"""
+
+from __future__ import annotations
+
+import nox
+
+# The CPU build of torch; an unpinned torch may pull a multi-GB CUDA build.
+TORCH = "torch==2.13.0"
+TEST_DEPS = (TORCH, "numpy", "pytest")
+
+nox.options.sessions = ["tests", "lint", "typecheck", "demo"]
+nox.options.reuse_existing_virtualenvs = True
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """Run the test suite."""
+    session.install(*TEST_DEPS)
+    session.run("pytest", "-q", "test_kaggle_resume.py", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """Check style and formatting with ruff."""
+    session.install("ruff")
+    files = ["kaggle_resume.py", "test_kaggle_resume.py", "noxfile.py"]
+    session.run("ruff", "check", *files, *session.posargs)
+    session.run("ruff", "format", "--check", *files)
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    """Type-check the module with mypy."""
+    session.install(TORCH, "numpy", "mypy")
+    session.run("mypy", "--strict", "kaggle_resume.py", *session.posargs)
+
+
+@nox.session
+def demo(session: nox.Session) -> None:
+    """Run three simulated Kaggle sessions that resume each other."""
+    session.install(TORCH)
+    session.run("python", "kaggle_resume.py", "demo", *session.posargs)
