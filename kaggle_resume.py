@@ -22,6 +22,8 @@ command line (scan, demo). MIT licence.
 from __future__ import annotations
 
 import argparse
+import collections
+import concurrent.futures
 import contextlib
 import dataclasses
 import errno
@@ -38,6 +40,7 @@ import re
 import secrets
 import shutil
 import stat
+import struct
 import sys
 import tempfile
 import time
@@ -382,6 +385,8 @@ def _scalar(value: Any) -> int | float | None:
         if value.numel() != 1 or value.dtype == torch.bool or value.is_meta:
             return None
         value = value.item()
+    elif isinstance(value, _TensorRef):
+        value = value.value
     if isinstance(value, bool) or type(value).__name__ == "bool_":
         return None
     if isinstance(value, numbers.Integral):
@@ -462,12 +467,18 @@ def _load(
     path: Path,
     *,
     map_location: Any = "cpu",
+    mmap: bool = True,
     safe_globals: Iterable[Any] | None = None,
     trusted: bool = False,
 ) -> Any:
-    """Load a checkpoint safely: weights_only, memory-mapped when it is a zip."""
+    """Load a checkpoint safely: weights_only, memory-mapped when asked and a zip.
+
+    A memory-mapped checkpoint keeps reading its file after the load, so only
+    files nobody rewrites (read-only inputs, or a load dropped at once) are
+    mapped: a file truncated by a plain torch.save would corrupt the tensors.
+    """
     _sniff(path)
-    mmap = _is_zip(path)
+    mmap = mmap and _is_zip(path)
     try:
         if trusted:
             _log.warning(
@@ -503,6 +514,153 @@ def _read_meta(path: Path) -> _Summary | None:
         )
     except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as e:
         _log.debug("Ignoring the summary record of %r: %s", path, e)
+        return None
+
+
+# Inspection without tensor data: data.pkl of a zip checkpoint is read by an
+# unpickler that knows a handful of names and maps each to a harmless stand-in;
+# storages become references, and only one-number tensors read their bytes.
+_STRUCT_FORMATS = {
+    "DoubleStorage": "d",
+    "FloatStorage": "f",
+    "HalfStorage": "e",
+    "BFloat16Storage": "bf16",
+    "LongStorage": "q",
+    "IntStorage": "i",
+    "ShortStorage": "h",
+    "CharStorage": "b",
+    "ByteStorage": "B",
+    "BoolStorage": "?",
+}
+_NUMPY_FORMATS = {
+    "f8": "d", "f4": "f", "f2": "e", "i8": "q", "i4": "i", "i2": "h", "i1": "b",
+    "u8": "Q", "u4": "I", "u2": "H", "u1": "B", "b1": "?",
+}  # fmt: skip
+_SMALL_STORAGE = 64  # elements; a bigger storage is never read while inspecting
+
+
+class _Refused(pickle.UnpicklingError):
+    """A name the inspection unpickler does not know: use torch.load instead."""
+
+
+@dataclasses.dataclass
+class _StorageRef:
+    kind: str
+    key: str
+    numel: int
+
+
+@dataclasses.dataclass
+class _TensorRef:
+    """Stands for a tensor: its shape, and its value when it holds one number."""
+
+    shape: tuple[int, ...]
+    value: int | float | bool | None
+
+    def __repr__(self) -> str:
+        if self.value is None:
+            return f"tensor of shape {list(self.shape)}"
+        return f"tensor({self.value!r})"
+
+
+class _NumpyDtype:
+    def __init__(self, spec: Any, *_: Any) -> None:
+        self.spec = str(spec)
+        self.order = "<"
+
+    def __setstate__(self, state: Any) -> None:
+        if isinstance(state, tuple) and len(state) > 1 and state[1] == ">":
+            self.order = ">"
+
+
+def _numpy_scalar(dtype: Any, data: Any = b"") -> int | float | bool:
+    fmt = _NUMPY_FORMATS.get(getattr(dtype, "spec", ""))
+    if fmt is None or not isinstance(data, bytes):
+        raise _Refused(f"numpy scalar of dtype {getattr(dtype, 'spec', dtype)!r}")
+    value: int | float | bool = struct.unpack(dtype.order + fmt, data)[0]
+    return value
+
+
+def _latin1(text: str, encoding: str = "latin1") -> bytes:
+    if encoding not in ("latin1", "latin-1"):
+        raise _Refused(f"_codecs.encode with {encoding!r}")
+    return text.encode("latin1")
+
+
+class _InspectingUnpickler(pickle.Unpickler):
+    """Read a checkpoint's structure without its tensor data; run no code."""
+
+    def __init__(self, file: Any, archive: zipfile.ZipFile, folder: str) -> None:
+        super().__init__(file)
+        self._archive = archive
+        self._folder = folder
+        self._names: dict[str, Any] = {
+            "collections.OrderedDict": collections.OrderedDict,
+            "torch.Size": tuple,
+            "_codecs.encode": _latin1,
+            "numpy.dtype": _NumpyDtype,
+            "numpy.core.multiarray.scalar": _numpy_scalar,
+            "numpy._core.multiarray.scalar": _numpy_scalar,
+            "torch._utils._rebuild_tensor_v2": self._tensor,
+            "torch._utils._rebuild_parameter": _first,
+            "torch._utils._rebuild_parameter_with_state": _first,
+        }
+
+    def find_class(self, module: str, name: str) -> Any:
+        key = f"{module}.{name}"
+        if key in self._names:
+            return self._names[key]
+        if module == "torch" and name in _STRUCT_FORMATS:
+            return name
+        raise _Refused(key)
+
+    def persistent_load(self, pid: Any) -> Any:
+        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
+            raise _Refused(f"persistent id {pid!r}")
+        return _StorageRef(str(pid[1]), str(pid[2]), int(pid[4]))
+
+    def _tensor(self, storage: Any, offset: int, size: Any, *_: Any) -> _TensorRef:
+        if not isinstance(storage, _StorageRef):
+            raise _Refused("a tensor without a storage")
+        shape = tuple(int(n) for n in size)
+        value = None
+        if math.prod(shape) == 1 and storage.numel <= _SMALL_STORAGE:
+            value = self._element(storage, int(offset))
+        return _TensorRef(shape, value)
+
+    def _element(self, storage: _StorageRef, offset: int) -> int | float | bool:
+        fmt = _STRUCT_FORMATS[storage.kind]
+        data = self._archive.read(f"{self._folder}/data/{storage.key}")
+        if fmt == "bf16":  # the high half of a float32
+            raw = data[2 * offset : 2 * offset + 2]
+            value: int | float | bool = struct.unpack("<f", b"\0\0" + raw)[0]
+            return value
+        value = struct.unpack_from("<" + fmt, data, struct.calcsize(fmt) * offset)[0]
+        return value
+
+
+def _first(value: Any, *_: Any) -> Any:
+    return value
+
+
+def _read_structure(path: Path) -> Any:
+    """The checkpoint with tensors replaced by _TensorRef, or None when unsure."""
+    if not _is_zip(path):
+        return None
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+            pickled = next((n for n in names if n.endswith("/data.pkl")), None)
+            if pickled is None:
+                return None
+            folder = pickled.rsplit("/", 1)[0]
+            if f"{folder}/byteorder" in names:
+                if archive.read(f"{folder}/byteorder").strip() != b"little":
+                    return None
+            with archive.open(pickled) as f:
+                return _InspectingUnpickler(f, archive, folder).load()
+    except Exception as e:  # anything unusual goes the torch.load way
+        _log.debug("Inspecting %r through torch.load: %s", path, e)
         return None
 
 
@@ -645,7 +803,9 @@ def get_checkpoint_info(
     try:
         summary = _read_meta(path)
         if summary is None:
-            obj = _load(path, safe_globals=safe_globals, trusted=trusted)
+            obj = _read_structure(path)
+            if obj is None:
+                obj = _load(path, safe_globals=safe_globals, trusted=trusted)
             summary = _summarize(obj)
             del obj
     except _LoadError as e:
@@ -873,15 +1033,19 @@ def _backup_name(dst: Path) -> Path:
     return backup
 
 
-def _copy(src: Path, root: Path) -> tuple[Path, Path | None]:
-    """Copy src into root/working/checkpoints; return (dst, backup or None)."""
+def _copy(src: Path, root: Path) -> tuple[Path, Path | None, bool]:
+    """Copy src into root/working/checkpoints.
+
+    Returns (dst, the backup of a different file that was at dst or None,
+    whether a copy was made: False when dst already held the same bytes).
+    """
     dst = root / "working" / "checkpoints" / src.name
     size = src.stat().st_size
     backup = None
     if dst.exists():
         if dst.stat().st_size == size and filecmp.cmp(src, dst, shallow=False):
             _log.info("%r is already in working as %r: not copied again", src, dst)
-            return dst, None
+            return dst, None, False
         backup = _backup_name(dst)
 
     with _atomic_target(dst, size, f"copy {_show(src)!r}") as temp:
@@ -894,7 +1058,7 @@ def _copy(src: Path, root: Path) -> tuple[Path, Path | None]:
                 "Kept the different file that was at %r as %r", dst, backup.name
             )
     _log.info("Copied %r to %r (%s)", src, dst, _format_bytes(size))
-    return dst, backup
+    return dst, backup, True
 
 
 def copy_checkpoint_to_working(
@@ -916,8 +1080,7 @@ def copy_checkpoint_to_working(
     src = Path(path)
     if _is_under(src, base / "working"):
         return src
-    dst, _ = _copy(src, base)
-    return dst
+    return _copy(src, base)[0]
 
 
 # --- Save ------------------------------------------------------------------
@@ -1376,39 +1539,24 @@ def resume(
     state = ResumeState(candidates=candidates)
 
     for info in ranked:
-        used, backup = info.path, None
-        if copy and not _is_under(info.path, base / "working"):
-            try:
-                used, backup = _copy(info.path, base)
-            except OSError as e:
-                _log.warning("Loading %r in place: the copy failed: %s", info.path, e)
-
-        reason = _verify_zip(used) if verify else None
-        checkpoint: Any = None
-        if reason is None:
-            try:
-                checkpoint = _load(
-                    used,
-                    map_location=device,
-                    safe_globals=safe_globals,
-                    trusted=trusted,
-                )
-            except _LoadError as e:
-                reason = str(e)
-            except OSError as e:
-                reason = f"Load error: cannot read the file: {e.strerror or e}"
-        real = info
-        if reason is None:
-            real = _info_from_checkpoint(info, checkpoint, required_keys)
-            reason = real.error or _check_fit(checkpoint, model, optimizer, strict)
-        if reason is not None:
-            info.reject(reason)
-            _log.warning(
-                "Cannot resume from %r: %s; trying the next", info.path, reason
-            )
-            if used != info.path:
-                _undo_copy(used, backup)
+        tried = _try_candidate(
+            info,
+            base,
+            model,
+            optimizer,
+            strict=strict,
+            copy=copy,
+            verify=verify,
+            map_location=device,
+            required_keys=required_keys,
+            safe_globals=safe_globals,
+            trusted=trusted,
+        )
+        if isinstance(tried, str):
+            info.reject(tried)
+            _log.warning("Cannot resume from %r: %s; trying the next", info.path, tried)
             continue
+        checkpoint, real, used = tried
 
         _apply(checkpoint, model, optimizer, scheduler, scaler, strict)
         for field in dataclasses.fields(real):  # what was loaded, not the record
@@ -1442,6 +1590,71 @@ def resume(
     if verbose and not _logging_configured():
         print(_summary(state, base))
     return state
+
+
+def _try_candidate(
+    info: CheckpointInfo,
+    base: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    *,
+    strict: bool,
+    copy: bool,
+    verify: bool,
+    map_location: Any,
+    required_keys: Sequence[str] | None,
+    safe_globals: Iterable[Any] | None,
+    trusted: bool,
+) -> tuple[Any, CheckpointInfo, Path] | str:
+    """Load one candidate and check it fits: (checkpoint, info, path) or a reason.
+
+    The copy into working and the CRC check run in threads while the source
+    loads (all three wait on I/O, not on Python). The source is loaded rather
+    than the copy: a read-only input can be memory-mapped safely. When the
+    candidate fails, its copy is removed again and what it displaced restored.
+    """
+    src = info.path
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        copying = None
+        if copy and not _is_under(src, base / "working"):
+            copying = pool.submit(_copy, src, base)
+        checking = pool.submit(_verify_zip, src) if verify else None
+
+        reason: str | None = None
+        checkpoint: Any = None
+        real = info
+        try:
+            checkpoint = _load(
+                src,
+                map_location=map_location,
+                mmap=_is_under(src, base / "input"),
+                safe_globals=safe_globals,
+                trusted=trusted,
+            )
+        except _LoadError as e:
+            reason = str(e)
+        except OSError as e:
+            reason = f"Load error: cannot read the file: {e.strerror or e}"
+        if reason is None:
+            real = _info_from_checkpoint(info, checkpoint, required_keys)
+            reason = real.error or _check_fit(checkpoint, model, optimizer, strict)
+        if reason is None and checking is not None:
+            reason = checking.result()
+
+        used = src
+        if copying is not None:
+            try:
+                dst, backup, created = copying.result()
+            except OSError as e:
+                _log.warning("Resuming from %r in place: the copy failed: %s", src, e)
+            else:
+                if reason is not None and created:
+                    _undo_copy(dst, backup)
+                else:
+                    used = dst
+    if reason is not None:
+        return reason
+    return checkpoint, real, used
 
 
 def _undo_copy(copied: Path, backup: Path | None) -> None:
