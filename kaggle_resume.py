@@ -458,8 +458,10 @@ def _sniff(path: Path) -> None:
 @contextlib.contextmanager
 def _allowing(safe_globals: Iterable[Any] | None) -> Iterator[None]:
     """Allow numpy scalars and the caller's classes, for this block only."""
-    allowed = [*_numpy_globals(), *(safe_globals or ())]
-    with torch.serialization.safe_globals(allowed):
+    extra = list(safe_globals or ())
+    if extra:
+        _log.info("Allowing %s while unpickling (safe_globals)", extra)
+    with torch.serialization.safe_globals([*_numpy_globals(), *extra]):
         yield
 
 
@@ -1006,6 +1008,7 @@ def _fsync_folder(folder: Path) -> None:
 def _atomic_target(dst: Path, needed: int, what: str) -> Iterator[Path]:
     """Yield a temporary path; on success it replaces dst, else it is removed."""
     dst.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temps(dst)
     _check_space(dst.parent, needed, what)
     temp = _temp_path(dst)
     try:
@@ -1016,11 +1019,46 @@ def _atomic_target(dst: Path, needed: int, what: str) -> Iterator[Path]:
     except BaseException as e:
         with contextlib.suppress(OSError):
             temp.unlink()
-        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+        if isinstance(e, Exception):
             free = shutil.disk_usage(dst.parent).free
-            raise _no_space(needed, free, dst.parent, what) from e
+            if _is_disk_full(e) or free < needed:
+                raise _no_space(needed, free, dst.parent, what) from e
         raise
     _fsync_folder(dst.parent)
+
+
+def _is_disk_full(error: BaseException) -> bool:
+    """Whether an error means the disk filled (torch.save wraps it in RuntimeError)."""
+    if isinstance(error, OSError):
+        return error.errno == errno.ENOSPC
+    return isinstance(error, RuntimeError) and "No space left" in str(error)
+
+
+def _remove_stale_temps(dst: Path) -> None:
+    """Remove temporary files for dst left by a process that was killed."""
+    pattern = re.compile(
+        re.escape(f".{dst.name}.") + r"(\d+)\.[0-9a-f]+" + _TEMP_SUFFIX
+    )
+    with contextlib.suppress(OSError), os.scandir(dst.parent) as entries:
+        for entry in entries:
+            found = pattern.fullmatch(entry.name)
+            if found is None or _process_alive(int(found.group(1))):
+                continue
+            with contextlib.suppress(OSError):
+                os.unlink(entry.path)
+                _log.info("Removed %r, left by a process that was killed", entry.path)
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # someone else's process: alive
+        return True
+    return True
 
 
 def _backup_name(dst: Path) -> Path:
@@ -1246,6 +1284,10 @@ def save_checkpoint(
             f"accuracy must lie in [0, 1], not {accuracy!r}; store a fraction"
         )
     dst = _save_path(path, _root(root))
+    rank = _rank_and_size()[0]
+    if rank != 0:  # one writer; never wait on the others (many loops save on 0)
+        _log.debug("Rank %d does not write %r: rank 0 does", rank, dst)
+        return dst
 
     checkpoint: dict[str, Any] = {
         "format_version": _FORMAT_VERSION,
@@ -1533,9 +1575,49 @@ def resume(
         loaded checkpoint dict ({} when fresh).
     """
     base = _root(root)
+    device = map_location if map_location is not None else _model_device(model)
+    options: dict[str, Any] = dict(
+        pattern=pattern,
+        prefer_metric=prefer_metric,
+        mode=mode,
+        map_location=device,
+        strict=strict,
+        copy=copy,
+        required_keys=required_keys,
+        verify=verify,
+        safe_globals=safe_globals,
+        trusted=trusted,
+    )
+    if _rank_and_size()[1] > 1:
+        state = _resume_distributed(model, optimizer, scheduler, scaler, base, options)
+    else:
+        state = _resume_here(model, optimizer, scheduler, scaler, base, **options)
+    if verbose and _rank_and_size()[0] == 0 and not _logging_configured():
+        print(_summary(state, base))
+    return state
+
+
+def _resume_here(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    scheduler: Any,
+    scaler: Any,
+    base: Path,
+    *,
+    pattern: str | Sequence[str] | None,
+    prefer_metric: str | None,
+    mode: str | None,
+    map_location: Any,
+    strict: bool,
+    copy: bool,
+    required_keys: Sequence[str] | None,
+    verify: bool,
+    safe_globals: Iterable[Any] | None,
+    trusted: bool,
+) -> ResumeState:
+    """Resume in this process alone: scan, rank, try each candidate, apply."""
     candidates = _scan(base, pattern, required_keys, safe_globals, trusted)
     ranked, how = _rank(candidates, prefer_metric, mode)
-    device = map_location if map_location is not None else _model_device(model)
     state = ResumeState(candidates=candidates)
 
     for info in ranked:
@@ -1547,7 +1629,7 @@ def resume(
             strict=strict,
             copy=copy,
             verify=verify,
-            map_location=device,
+            map_location=map_location,
             required_keys=required_keys,
             safe_globals=safe_globals,
             trusted=trusted,
@@ -1586,10 +1668,64 @@ def resume(
             "No checkpoint could be resumed from (%d candidates): starting fresh",
             len(candidates),
         )
-
-    if verbose and not _logging_configured():
-        print(_summary(state, base))
     return state
+
+
+def _rank_and_size() -> tuple[int, int]:
+    """This process's rank and the world size; (0, 1) without torch.distributed."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _resume_distributed(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    scheduler: Any,
+    scaler: Any,
+    base: Path,
+    options: dict[str, Any],
+) -> ResumeState:
+    """Rank 0 finds, copies and loads; the others load what it chose.
+
+    Every rank calls this. Rank 0 sends its outcome (or its error) to the
+    others whatever happens, so no rank waits forever.
+    """
+    dist = torch.distributed
+    rank = dist.get_rank()
+    outcome: list[Any] = [None]
+    if rank == 0:
+        try:
+            state = _resume_here(model, optimizer, scheduler, scaler, base, **options)
+            outcome = [("ok", dataclasses.replace(state, checkpoint={}))]
+        except Exception as e:
+            outcome = [("error", f"{type(e).__name__}: {e}")]
+            dist.broadcast_object_list(outcome, src=0)
+            raise
+    dist.broadcast_object_list(outcome, src=0)
+    kind, shared = outcome[0]
+    if kind == "error":
+        raise RuntimeError(f"kaggle_resume: rank 0 could not resume: {shared}")
+    if rank == 0:
+        return state
+    assert isinstance(shared, ResumeState)
+    if not shared.resumed or shared.path is None:
+        return shared
+
+    path = shared.path
+    checkpoint = _load(
+        path,
+        map_location=options["map_location"],
+        mmap=_is_under(path, base / "input"),
+        safe_globals=options["safe_globals"],
+        trusted=options["trusted"],
+    )
+    reason = _check_fit(checkpoint, model, optimizer, options["strict"])
+    if reason is not None:
+        raise RuntimeError(f"kaggle_resume: rank {rank} cannot load {path!r}: {reason}")
+    _apply(checkpoint, model, optimizer, scheduler, scaler, options["strict"])
+    return dataclasses.replace(shared, checkpoint=dict(checkpoint))
 
 
 def _try_candidate(
