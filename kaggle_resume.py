@@ -29,6 +29,8 @@ import dataclasses
 import errno
 import filecmp
 import fnmatch
+import html
+import importlib
 import json
 import logging
 import math
@@ -38,6 +40,7 @@ import pickle
 import random
 import re
 import secrets
+import shlex
 import shutil
 import stat
 import struct
@@ -56,11 +59,14 @@ __all__ = [
     "DEFAULT_PATTERNS",
     "SOURCES",
     "CheckpointInfo",
+    "CandidateList",
     "ResumeState",
+    "SessionClock",
     "copy_checkpoint_to_working",
     "find_best_checkpoint_across_sources",
     "find_checkpoint_locations",
     "get_checkpoint_info",
+    "publish",
     "resume",
     "save_checkpoint",
 ]
@@ -107,6 +113,9 @@ _LAYOUTS = {
 _SKIPPED_LAYOUTS = frozenset({"competitions"})
 
 _TEMP_SUFFIX = ".partial"
+_PROGRESS_BYTES = 256 * 1000**2  # copies bigger than this show progress
+_SEND_BYTES = 64 * 1024**2
+_BUDGET_BYTES = 20 * 1000**3  # Kaggle keeps at most 20 GB of /kaggle/working
 # Modules whose functions run code: a checkpoint that names them is hostile.
 _CODE_MODULES = frozenset(
     {
@@ -889,9 +898,9 @@ def _scan(
     required_keys: Sequence[str] | None,
     safe_globals: Iterable[Any] | None,
     trusted: bool,
-) -> list[CheckpointInfo]:
+) -> CandidateList:
     """Inspect every checkpoint found under root, logging each one."""
-    candidates = []
+    candidates = CandidateList(root=root)
     for source, paths in find_checkpoint_locations(root, patterns).items():
         for path in paths:
             info = get_checkpoint_info(
@@ -927,7 +936,7 @@ def find_best_checkpoint_across_sources(
     required_keys: Sequence[str] | None = None,
     safe_globals: Iterable[Any] | None = None,
     trusted: bool = False,
-) -> tuple[Path | None, CheckpointInfo | None, list[CheckpointInfo]]:
+) -> tuple[Path | None, CheckpointInfo | None, CandidateList]:
     """Find every checkpoint, inspect each one and choose the best valid one.
 
     Args:
@@ -942,7 +951,8 @@ def find_best_checkpoint_across_sources(
 
     Returns:
         (best_path, best_info, all_candidates); (None, None, all_candidates)
-        when no candidate is valid. all_candidates keeps discovery order.
+        when no candidate is valid. all_candidates keeps discovery order; it
+        is a list that prints as a table (and renders as one in Jupyter).
     """
     base = _root(root)
     candidates = _scan(base, patterns, required_keys, safe_globals, trusted)
@@ -951,6 +961,7 @@ def find_best_checkpoint_across_sources(
         _log.info("No valid checkpoint among %d candidates", len(candidates))
         return None, None, candidates
     best = ranked[0]
+    candidates.chosen = best.path
     _log.info(
         "Chose %r (%s, epoch %s) %s among %d valid of %d candidates",
         best.path,
@@ -1087,7 +1098,7 @@ def _copy(src: Path, root: Path) -> tuple[Path, Path | None, bool]:
         backup = _backup_name(dst)
 
     with _atomic_target(dst, size, f"copy {_show(src)!r}") as temp:
-        shutil.copyfile(src, temp)
+        _copy_bytes(src, temp, size)
         mtime = src.stat().st_mtime
         os.utime(temp, (mtime, mtime))
         if backup is not None:
@@ -1097,6 +1108,49 @@ def _copy(src: Path, root: Path) -> tuple[Path, Path | None, bool]:
             )
     _log.info("Copied %r to %r (%s)", src, dst, _format_bytes(size))
     return dst, backup, True
+
+
+def _copy_bytes(src: Path, dst: Path, size: int) -> None:
+    """Copy a file's bytes in the kernel; show progress for a big one."""
+    if size < _PROGRESS_BYTES or not hasattr(os, "sendfile"):
+        shutil.copyfile(src, dst)  # sendfile on Linux, a read loop elsewhere
+        return
+    update, close = _progress(size, f"Copying {src.name}")
+    try:
+        with open(src, "rb") as fin, open(dst, "wb") as fout:
+            done = 0
+            while done < size:
+                sent = os.sendfile(fout.fileno(), fin.fileno(), done, _SEND_BYTES)
+                if sent == 0:
+                    break
+                done += sent
+                update(sent)
+    finally:
+        close()
+
+
+def _progress(
+    total: int, label: str
+) -> tuple[Callable[[int], None], Callable[[], None]]:
+    """A progress display: tqdm.auto where it imports, else a log line per 10%."""
+    try:
+        tqdm_auto = importlib.import_module("tqdm.auto")
+    except ImportError:
+        tqdm_auto = None
+    if tqdm_auto is not None:
+        bar = tqdm_auto.tqdm(total=total, unit="B", unit_scale=True, desc=label)
+        return bar.update, bar.close
+
+    done = [0, 0]  # bytes, last tenth logged
+
+    def update(count: int) -> None:
+        done[0] += count
+        tenth = done[0] * 10 // max(total, 1)
+        if tenth > done[1]:
+            done[1] = tenth
+            _log.info("%s: %d%% of %s", label, tenth * 10, _format_bytes(total))
+
+    return update, lambda: None
 
 
 def copy_checkpoint_to_working(
@@ -1243,6 +1297,9 @@ def save_checkpoint(
     history: Any = None,
     extra: Mapping[str, Any] | None = None,
     root: str | os.PathLike[str] | None = None,
+    keep_last: int | None = None,
+    keep_best: str | None = None,
+    budget: int | None = _BUDGET_BYTES,
 ) -> Path:
     """Save everything needed to resume, atomically.
 
@@ -1259,14 +1316,25 @@ def save_checkpoint(
         step, accuracy, metrics, history, extra: saved when given; accuracy
             must lie in [0, 1].
         root: the Kaggle root; default $KAGGLE_RESUME_ROOT, else "/kaggle".
+        keep_last: keep only the newest keep_last files of this file's series
+            (checkpoint_0010.pth, checkpoint_0020.pth, ...: the same name
+            around a different number), ordered by the epoch and step they
+            hold, never by name. Only root/working/checkpoints is rotated.
+        keep_best: a metric ("accuracy", "val_loss", ...) whose best file of
+            the series is never removed; min for loss/error/perplexity names.
+        budget: the bytes root/working may hold (default 20 GB, Kaggle's cap;
+            None for no limit). A save that would pass it first removes old
+            files of the series when keep_last allows it, else raises
+            before writing anything.
 
     Returns:
         The path written.
 
     Raises:
         ValueError: a bad epoch, step or accuracy, or a path under root/input.
-        OSError: errno ENOSPC when the checkpoint does not fit; the previous
-            file is kept and no partial file is left.
+        OSError: errno ENOSPC when the checkpoint does not fit on the disk or
+            in the budget; the previous file is kept and no partial file is
+            left.
     """
     epoch_value = _scalar(epoch)
     if not isinstance(epoch_value, int) or epoch_value < 0:
@@ -1283,7 +1351,10 @@ def save_checkpoint(
         raise ValueError(
             f"accuracy must lie in [0, 1], not {accuracy!r}; store a fraction"
         )
-    dst = _save_path(path, _root(root))
+    if keep_last is not None and keep_last < 1:
+        raise ValueError(f"keep_last must be at least 1, not {keep_last!r}")
+    base = _root(root)
+    dst = _save_path(path, base)
     rank = _rank_and_size()[0]
     if rank != 0:  # one writer; never wait on the others (many loops save on 0)
         _log.debug("Rank %d does not write %r: rank 0 does", rank, dst)
@@ -1314,6 +1385,10 @@ def save_checkpoint(
         checkpoint["extra"] = dict(extra)
 
     needed = _tensor_bytes(checkpoint) + (1 << 20)
+    rotating = _is_under(dst, base / "working" / "checkpoints")
+    if budget is not None and _is_under(dst, base / "working"):
+        allowed = keep_last is not None and rotating
+        _make_room(dst, base / "working", needed, budget, allowed, keep_best)
     with _atomic_target(dst, needed, "save a checkpoint") as temp:
         torch.save(checkpoint, temp)
         with zipfile.ZipFile(temp, "a") as archive:
@@ -1321,7 +1396,128 @@ def save_checkpoint(
             folder = data.rsplit("/", 1)[0]
             archive.writestr(f"{folder}/{_META_NAME}", _summary_record(checkpoint))
     _log.info("Saved epoch %s to %r", epoch_value, dst)
+    if keep_last is not None and rotating:
+        _rotate(dst, keep_last, keep_best)
+    elif keep_last is not None:
+        _log.warning("Not rotating %r: only root/working/checkpoints is rotated", dst)
     return dst
+
+
+# Rotation: the files of one series share a name around a number.
+_SERIES = re.compile(r"(?P<head>.*?)(?P<number>\d+)(?P<tail>\.[^.\d][^.]*)$")
+
+
+def _series(dst: Path) -> list[Path]:
+    """The files of dst's series in its folder, dst included when it exists."""
+    found = _SERIES.fullmatch(dst.name)
+    if found is None:
+        return [dst] if dst.exists() else []
+    member = re.compile(
+        re.escape(found["head"]) + r"\d+" + re.escape(found["tail"]), re.IGNORECASE
+    )
+    with os.scandir(dst.parent) as entries:
+        return sorted(
+            Path(e.path)
+            for e in entries
+            if member.fullmatch(e.name) and e.is_file(follow_symlinks=False)
+        )
+
+
+def _series_order(paths: Iterable[Path]) -> list[CheckpointInfo]:
+    """Newest first, by the epoch and step stored in (or numbered in) each file."""
+    infos = [get_checkpoint_info(p, required_keys=()) for p in paths]
+
+    def key(info: CheckpointInfo) -> tuple[int, int, float]:
+        found = _SERIES.fullmatch(info.path.name)
+        number = int(found["number"]) if found else -1
+        epoch = info.epoch if info.epoch is not None else number
+        return (-epoch, -_num(info.step), -info.mtime)
+
+    return sorted(infos, key=key)
+
+
+def _protected(ordered: list[CheckpointInfo], keep_best: str | None) -> set[Path]:
+    """The newest file and, when asked, the best by keep_best: never removed."""
+    keep = {ordered[0].path} if ordered else set()
+    if keep_best is not None:
+        ranked, _ = _rank(
+            [i for i in ordered if _metric_value(i, keep_best) is not None],
+            keep_best,
+            None,
+        )
+        if ranked:
+            keep.add(ranked[0].path)
+    return keep
+
+
+def _rotate(dst: Path, keep_last: int, keep_best: str | None) -> None:
+    """Remove the files of dst's series beyond the newest keep_last."""
+    ordered = _series_order(_series(dst))
+    keep = _protected(ordered, keep_best) | {dst}
+    keep.update(info.path for info in ordered[:keep_last])
+    for info in ordered:
+        if info.path not in keep:
+            with contextlib.suppress(FileNotFoundError):
+                info.path.unlink()
+                _log.info("Removed %r (keep_last=%d)", info.path, keep_last)
+
+
+def _folder_bytes(folder: Path) -> int:
+    total = 0
+    for top, _, files in os.walk(folder):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(top, name)).st_size
+    return total
+
+
+def _make_room(
+    dst: Path,
+    working: Path,
+    needed: int,
+    budget: int,
+    allowed: bool,
+    keep_best: str | None,
+) -> None:
+    """Keep root/working under budget: remove old files of the series, or raise.
+
+    Nothing is removed unless the removals make the save fit.
+    """
+    used = _folder_bytes(working)
+    if dst.exists():
+        used -= dst.stat().st_size  # replaced by the new file
+    over = used + needed - budget
+    if over <= 0:
+        return
+
+    removable: list[CheckpointInfo] = []
+    if allowed:
+        ordered = _series_order(p for p in _series(dst) if p != dst)
+        keep = _protected(ordered, keep_best)
+        removable = [info for info in reversed(ordered) if info.path not in keep]
+    chosen, freed = [], 0
+    for info in removable:
+        if freed >= over:
+            break
+        chosen.append(info)
+        freed += info.size_bytes
+    if freed < over:
+        hint = (
+            "pass keep_last=N to let old checkpoints of this series go"
+            if not allowed
+            else "delete other files from it"
+        )
+        raise OSError(
+            errno.ENOSPC,
+            f"Saving {_show(dst)!r} needs about {needed} bytes "
+            f"({_format_bytes(needed)}), and {_show(working)!r} already holds "
+            f"{used} bytes: that passes the budget of {budget} bytes "
+            f"({_format_bytes(budget)}); {hint}, or raise budget=",
+        )
+    for info in chosen:
+        with contextlib.suppress(FileNotFoundError):
+            info.path.unlink()
+            _log.info("Removed %r to stay within the budget", info.path)
 
 
 # --- Resume ----------------------------------------------------------------
@@ -1340,6 +1536,17 @@ class ResumeState:
     history: Any = None
     checkpoint: dict[str, Any] = dataclasses.field(default_factory=dict)
     reason: str = ""
+    clock: SessionClock = dataclasses.field(default_factory=lambda: SessionClock())
+    root: Path | None = None
+
+    def __str__(self) -> str:
+        return _summary(self, self.root or _root(None))
+
+    def _repr_html_(self) -> str:
+        root = self.root or _root(None)
+        chosen = self.info.path if self.info is not None else None
+        table = _html_table(self.candidates, root, chosen)
+        return f"<p>{html.escape(_decision(self))}</p>{table}"
 
 
 _PREFIXES = ("module.", "_orig_mod.")
@@ -1492,38 +1699,15 @@ def _table(
     candidates: Sequence[CheckpointInfo], root: Path, chosen: Path | None
 ) -> str:
     """The candidates as a plain text table, the chosen one marked with *."""
-    header = ("", "location", "source", "epoch", "step", "accuracy", "size", "valid")
-    rows = [header]
-    for candidate in candidates:
-        try:
-            location = os.path.relpath(candidate.path, root)
-        except ValueError:
-            location = os.fspath(candidate.path)
-        rows.append(
-            (
-                "*" if chosen is not None and candidate.path == chosen else "",
-                _show(location),
-                candidate.source,
-                "-" if candidate.epoch is None else str(candidate.epoch),
-                "-" if candidate.step is None else str(candidate.step),
-                "-" if candidate.accuracy is None else f"{candidate.accuracy:.4f}",
-                _format_bytes(candidate.size_bytes),
-                "yes" if candidate.is_valid else "no",
-            )
-        )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = []
-    described: list[CheckpointInfo | None] = [None, *candidates]
-    for row, info in zip(rows, described, strict=True):
-        line = "  ".join(
-            cell.ljust(width) for cell, width in zip(row, widths, strict=True)
-        )
-        if info is not None and info.error:
-            line += f"  {info.error}"
-        elif info is None:
-            line += "  reason"
-        lines.append(line.rstrip())
-    return "\n".join(lines)
+    rows = _rows(candidates, root, chosen)
+    columns = ["", "location", "source", "epoch", "step", "accuracy", "size"]
+    columns += ["valid", "reason"]
+    widths = {c: max([len(c), *(len(row[c]) for row in rows)]) for c in columns}
+    lines = [
+        "  ".join(cell.ljust(widths[c]) for c, cell in zip(columns, cells, strict=True))
+        for cells in [columns, *([row[c] for c in columns] for row in rows)]
+    ]
+    return "\n".join(line.rstrip() for line in lines)
 
 
 def resume(
@@ -1618,7 +1802,7 @@ def _resume_here(
     """Resume in this process alone: scan, rank, try each candidate, apply."""
     candidates = _scan(base, pattern, required_keys, safe_globals, trusted)
     ranked, how = _rank(candidates, prefer_metric, mode)
-    state = ResumeState(candidates=candidates)
+    state = ResumeState(candidates=candidates, root=base)
 
     for info in ranked:
         tried = _try_candidate(
@@ -1654,7 +1838,9 @@ def _resume_here(
             history=_trim_history(checkpoint.get("history"), epoch),
             checkpoint=dict(checkpoint),
             reason=f"chosen {how}",
+            root=base,
         )
+        candidates.chosen = info.path
         _log.info(
             "Resuming from %r (%s, epoch %s): training starts at epoch %d",
             used,
@@ -1803,6 +1989,21 @@ def _undo_copy(copied: Path, backup: Path | None) -> None:
             os.replace(backup, copied)
 
 
+def _decision(state: ResumeState) -> str:
+    if state.resumed and state.info is not None:
+        text = (
+            f"Resumed from {_show(state.path or '')!r} ({state.info.source}, "
+            f"epoch {state.info.epoch}, {state.reason}): training starts at "
+            f"epoch {state.start_epoch}"
+        )
+    else:
+        text = "No valid checkpoint: training starts fresh at epoch 0"
+    left = state.clock.time_left()
+    if not math.isinf(left):
+        text += f". Session time left: {left / 3600:.1f} h"
+    return text
+
+
 def _summary(state: ResumeState, root: Path) -> str:
     chosen = state.info.path if state.info is not None else None
     lines = ["kaggle_resume: checkpoint candidates"]
@@ -1810,15 +2011,293 @@ def _summary(state: ResumeState, root: Path) -> str:
         lines.append(_table(state.candidates, root, chosen))
     else:
         lines.append(f"  (no checkpoint files under {_show(root)!r})")
-    if state.resumed and state.info is not None:
-        lines.append(
-            f"Resumed from {_show(state.path or '')!r} ({state.info.source}, "
-            f"epoch {state.info.epoch}, {state.reason}): training starts at "
-            f"epoch {state.start_epoch}"
-        )
-    else:
-        lines.append("No valid checkpoint: training starts fresh at epoch 0")
+    lines.append(_decision(state))
     return "\n".join(lines)
+
+
+# --- Session clock ---------------------------------------------------------
+
+_KAGGLE_HOURS = 12.0  # CPU and GPU sessions
+_TPU_HOURS = 9.0
+
+
+def _start_time(pid: str) -> float | None:
+    """When a process started, in seconds since the epoch, from /proc (Linux)."""
+    try:
+        with open("/proc/stat") as f:
+            boot = next(int(line.split()[1]) for line in f if line.startswith("btime"))
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
+class SessionClock:
+    """How long this Kaggle session has left, and whether another epoch fits.
+
+    On Kaggle (KAGGLE_KERNEL_RUN_TYPE is set) the limit is 9 hours when a TPU
+    is attached (TPU_NAME or ISTPUVM), else 12 hours, counted from the start
+    of the container. Elsewhere there is no limit unless one is given, so
+    should_stop() never stops a run. Call lap() at the end of each epoch::
+
+        clock = SessionClock()
+        for epoch in range(start, EPOCHS):
+            train_one_epoch()
+            save_checkpoint(model=model, epoch=epoch)
+            clock.lap()
+            if clock.should_stop():
+                break  # the session ends cleanly and keeps its output
+
+    Args:
+        limit: the session length in seconds; default Kaggle's, see above.
+        start: when the session started (seconds, on the clock's scale);
+            default the container's start on Kaggle, else this process's.
+        clock: the time source, seconds as a float; default time.time.
+    """
+
+    def __init__(
+        self,
+        limit: float | None = None,
+        *,
+        start: float | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        on_kaggle = bool(os.environ.get("KAGGLE_KERNEL_RUN_TYPE"))
+        if limit is None and on_kaggle:
+            tpu = os.environ.get("TPU_NAME") or os.environ.get("ISTPUVM")
+            limit = (_TPU_HOURS if tpu else _KAGGLE_HOURS) * 3600
+        self.limit = limit
+        self._clock = clock
+        if start is None and clock is time.time:
+            start = (_start_time("1") if on_kaggle else None) or _start_time("self")
+        self.start = clock() if start is None else start
+        self.durations: list[float] = []
+        self._lap_start = clock()
+
+    def elapsed(self) -> float:
+        """Seconds since the session started."""
+        return self._clock() - self.start
+
+    def time_left(self) -> float:
+        """Seconds until the session is killed; infinity without a limit."""
+        if self.limit is None:
+            return math.inf
+        return self.limit - self.elapsed()
+
+    def lap(self) -> float:
+        """Mark the end of an epoch; return how long it took."""
+        now = self._clock()
+        duration = now - self._lap_start
+        self._lap_start = now
+        self.durations.append(duration)
+        return duration
+
+    def expected_epoch(self) -> float:
+        """The time the next epoch is expected to take, from every epoch so far.
+
+        The larger of the mean and the last duration: one slow first epoch
+        (compilation, caching) does not dominate, and a slowdown is not missed.
+        """
+        if not self.durations:
+            return 0.0
+        return max(sum(self.durations) / len(self.durations), self.durations[-1])
+
+    def should_stop(self, margin: float = 600.0) -> bool:
+        """Whether another epoch, plus margin seconds to save, would not fit."""
+        if self.limit is None:
+            return False
+        return self.time_left() - margin < self.expected_epoch()
+
+    def __repr__(self) -> str:
+        left = self.time_left()
+        shown = "no limit" if math.isinf(left) else f"{left / 3600:.2f} h left"
+        return f"SessionClock({shown}, {len(self.durations)} epochs timed)"
+
+
+# --- Publish ---------------------------------------------------------------
+
+_SLUG = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?")
+_OWNER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+_METADATA_NAME = "dataset-metadata.json"
+
+
+def _check_dataset(dataset: str) -> tuple[str, str]:
+    """Split OWNER/SLUG, refusing what Kaggle would refuse, with the reason."""
+    owner, sep, slug = dataset.partition("/")
+    if not sep or "/" in slug:
+        raise ValueError(
+            f"dataset must be OWNER/SLUG, e.g. 'you/my-run', not {dataset!r}"
+        )
+    if not _OWNER.fullmatch(owner):
+        raise ValueError(
+            f"owner {owner!r} is not a Kaggle user name: letters, digits, '-' and "
+            "'_' only"
+        )
+    if not 6 <= len(slug) <= 50:
+        raise ValueError(
+            f"slug {slug!r} has {len(slug)} characters: Kaggle needs 6 to 50"
+        )
+    if not _SLUG.fullmatch(slug) or "--" in slug:
+        raise ValueError(
+            f"slug {slug!r} is refused by Kaggle: lowercase letters, digits and "
+            "single hyphens only, starting and ending with a letter or digit"
+        )
+    return owner, slug
+
+
+def publish(
+    dataset: str,
+    *,
+    message: str | None = None,
+    folder: str | os.PathLike[str] | None = None,
+    title: str | None = None,
+    root: str | os.PathLike[str] | None = None,
+) -> list[str]:
+    """Prepare a folder of checkpoints for upload as a Kaggle dataset.
+
+    Writes dataset-metadata.json into the folder and returns the kaggle CLI
+    commands that create the dataset (first time) or add a version to it.
+    Needs no network. The next session attaches the dataset and resume()
+    finds the checkpoints in it.
+
+    Args:
+        dataset: "OWNER/SLUG"; the slug must be 6-50 lowercase letters,
+            digits and hyphens.
+        message: the version notes; default names the newest epoch found.
+        folder: what to publish; default root/working/checkpoints.
+        title: the dataset title (6-50 characters); default from the slug.
+        root: the Kaggle root; default $KAGGLE_RESUME_ROOT, else "/kaggle".
+
+    Returns:
+        [create command, version command].
+
+    Raises:
+        ValueError: a dataset name or title Kaggle would refuse, or a folder
+            under the read-only root/input.
+        FileNotFoundError: the folder does not exist.
+    """
+    owner, slug = _check_dataset(dataset)
+    base = _root(root)
+    target = Path(folder) if folder is not None else base / "working" / "checkpoints"
+    if _is_under(target, base / "input"):
+        raise ValueError(f"Cannot publish from {_show(target)!r}: it is read-only")
+    if not target.is_dir():
+        raise FileNotFoundError(
+            errno.ENOENT,
+            f"No folder {_show(target)!r} to publish: save a checkpoint first",
+        )
+    name = title if title is not None else slug.replace("-", " ").title()
+    if not 6 <= len(name) <= 50:
+        raise ValueError(
+            f"title {name!r} has {len(name)} characters: Kaggle needs 6-50"
+        )
+
+    metadata = {
+        "title": name,
+        "id": f"{owner}/{slug}",
+        "licenses": [{"name": "CC0-1.0"}],
+    }
+    text = json.dumps(metadata, indent=2) + "\n"
+    meta_path = target / _METADATA_NAME
+    if meta_path.exists() and meta_path.read_text(errors="replace") != text:
+        kept = _backup_name(meta_path)
+        os.replace(meta_path, kept)
+        _log.warning("Kept the previous %s as %r", _METADATA_NAME, kept.name)
+    with _atomic_target(meta_path, len(text), "write dataset metadata") as temp:
+        temp.write_text(text)
+
+    if message is None:
+        newest = _series_order(find_checkpoint_locations(base)["working"])
+        epoch = next((i.epoch for i in newest if i.epoch is not None), None)
+        message = f"epoch {epoch}" if epoch is not None else "checkpoints"
+    has_folders = any(entry.is_dir() for entry in target.iterdir())
+    mode = " --dir-mode zip" if has_folders else ""
+    quoted = shlex.quote(os.fspath(target))
+    return [
+        f"kaggle datasets create -p {quoted}{mode}",
+        f"kaggle datasets version -p {quoted} -m {shlex.quote(message)}{mode}",
+    ]
+
+
+# --- Display ---------------------------------------------------------------
+
+
+def _rows(
+    candidates: Sequence[CheckpointInfo], root: Path, chosen: Path | None
+) -> list[dict[str, str]]:
+    """One dict of display strings per candidate."""
+    rows = []
+    for candidate in candidates:
+        try:
+            location = os.path.relpath(candidate.path, root)
+        except ValueError:
+            location = os.fspath(candidate.path)
+        rows.append(
+            {
+                "": "*" if chosen is not None and candidate.path == chosen else "",
+                "location": _show(location),
+                "source": candidate.source,
+                "epoch": "-" if candidate.epoch is None else str(candidate.epoch),
+                "step": "-" if candidate.step is None else str(candidate.step),
+                "accuracy": "-"
+                if candidate.accuracy is None
+                else f"{candidate.accuracy:.4f}",
+                "size": _format_bytes(candidate.size_bytes),
+                "valid": "yes" if candidate.is_valid else "no",
+                "reason": candidate.error or "",
+            }
+        )
+    return rows
+
+
+def _html_table(
+    candidates: Sequence[CheckpointInfo], root: Path, chosen: Path | None
+) -> str:
+    """The candidates as an HTML table, the chosen row marked and in bold."""
+    rows = _rows(candidates, root, chosen)
+    columns = ["", "location", "source", "epoch", "step", "accuracy", "size"]
+    columns += ["valid", "reason"]
+    head = "".join(f"<th>{html.escape(c or 'chosen')}</th>" for c in columns)
+    body = []
+    for row in rows:
+        style = ' style="font-weight:bold"' if row[""] else ""
+        cells = "".join(
+            f"<td>{html.escape('✔' if c == '' and row[c] else row[c])}</td>"
+            for c in columns
+        )
+        body.append(f"<tr{style}>{cells}</tr>")
+    return (
+        '<table class="kaggle-resume"><thead><tr>'
+        + head
+        + "</tr></thead><tbody>"
+        + "".join(body)
+        + "</tbody></table>"
+    )
+
+
+class CandidateList(list[CheckpointInfo]):
+    """The candidates of a scan: a list that shows itself as a table.
+
+    In Jupyter it renders as an HTML table; str() gives a plain table.
+    """
+
+    def __init__(
+        self,
+        candidates: Iterable[CheckpointInfo] = (),
+        *,
+        root: str | os.PathLike[str] | None = None,
+        chosen: Path | None = None,
+    ) -> None:
+        super().__init__(candidates)
+        self.root = _root(root)
+        self.chosen = chosen
+
+    def __str__(self) -> str:
+        return _table(self, self.root, self.chosen)
+
+    def _repr_html_(self) -> str:
+        return _html_table(self, self.root, self.chosen)
 
 
 # --- Command line ----------------------------------------------------------
@@ -1849,10 +2328,14 @@ def _cmd_scan(args: argparse.Namespace) -> int:
     return 0
 
 
+_DEMO_HOURS_PER_EPOCH = 1.1
+_DEMO_LIMIT_HOURS = 4.0
+
+
 def _demo_session(
-    number: int, root: Path, epochs: int, data: tuple[torch.Tensor, torch.Tensor]
+    number: int, root: Path, data: tuple[torch.Tensor, torch.Tensor]
 ) -> None:
-    """One simulated Kaggle session: resume, train a few epochs, save each one."""
+    """One simulated Kaggle session: resume, train until the clock says stop."""
     inputs, labels = data
     print(f"\n=== Session {number} ===")
     model = torch.nn.Sequential(
@@ -1867,7 +2350,10 @@ def _demo_session(
     else:
         print(f"Session {number} starts fresh at epoch 0")
 
-    for epoch in range(state.start_epoch, state.start_epoch + epochs):
+    # Simulated time: each epoch "takes" 1.1 hours of a 4-hour session.
+    now = [0.0]
+    clock = SessionClock(_DEMO_LIMIT_HOURS * 3600, start=0.0, clock=lambda: now[0])
+    for epoch in range(state.start_epoch, 1000):
         optimizer.zero_grad()
         loss = torch.nn.functional.cross_entropy(model(inputs), labels)
         loss.backward()  # type: ignore[no-untyped-call]
@@ -1876,7 +2362,7 @@ def _demo_session(
         accuracy = (model(inputs).argmax(1) == labels).float().mean().item()
         history.append({"epoch": epoch, "loss": loss.item(), "accuracy": accuracy})
         save_checkpoint(
-            "model.pth",
+            f"checkpoint_{epoch:04d}.pth",
             model=model,
             optimizer=optimizer,
             scheduler=scheduler,
@@ -1886,19 +2372,33 @@ def _demo_session(
             metrics={"loss": loss.item()},
             history=history,
             root=root,
+            keep_last=2,
+            keep_best="accuracy",
         )
+        now[0] += _DEMO_HOURS_PER_EPOCH * 3600
+        clock.lap()
         print(f"  epoch {epoch}: loss {loss.item():.3f}, accuracy {accuracy:.3f}")
-    print(f"  history holds {len(history)} epochs, one entry each")
+        if clock.should_stop(margin=1800):
+            left = clock.time_left() / 3600
+            print(
+                f"  {left:.1f} h left, an epoch takes {_DEMO_HOURS_PER_EPOCH} h: "
+                "stopping cleanly so the session keeps its output"
+            )
+            break
+    kept = sorted(p.name for p in (root / "working" / "checkpoints").glob("*.pth"))
+    print(f"  history holds {len(history)} epochs; kept (keep_last=2): {kept}")
 
 
-def _demo_upload(root: Path, folder: Path) -> None:
-    """What the user does between sessions: output -> dataset -> input."""
+def _demo_upload(root: Path, dataset: str, folder: Path) -> None:
+    """What the user does between sessions: publish the output, attach it."""
+    for command in publish(dataset, root=root):
+        print(f"  $ {command}")
     shutil.copytree(root / "working" / "checkpoints", folder / "checkpoints")
     shutil.rmtree(root / "working")
     (root / "working").mkdir()
     for path in folder.rglob("*"):
         path.chmod(0o555 if path.is_dir() else 0o444)
-    print(f"  (output uploaded as a dataset: {_show(folder.relative_to(root))})")
+    print(f"  (dataset {dataset} attached as {_show(folder.relative_to(root))})")
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -1915,17 +2415,40 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         inputs = torch.randn(256, 4, generator=generator)
         labels = (inputs[:, 0] + inputs[:, 1] > 0).long()
         torch.manual_seed(0)
+        data = (inputs, labels)
 
-        _demo_session(1, root, 3, (inputs, labels))
-        _demo_upload(root, root / "input" / "run1")
-        _demo_session(2, root, 3, (inputs, labels))
-        _demo_upload(root, root / "input" / "datasets" / "you" / "run2")
-        print("\nSession 3 has both run1 (epoch 2) and run2 (epoch 5) attached.")
-        _demo_session(3, root, 3, (inputs, labels))
+        _demo_session(1, root, data)
+        _demo_upload(root, "you/resume-demo-run1", root / "input" / "run1")
+        _demo_session(2, root, data)
+        run2 = root / "input" / "datasets" / "you" / "resume-demo-run2"
+        _demo_upload(root, "you/resume-demo-run2", run2)
+        print("\nSession 3 has both runs attached: run1 and the newer run2.")
+        _demo_session(3, root, data)
         if args.root is None:
             for path in (root / "input").rglob("*"):
                 path.chmod(0o755 if path.is_dir() else 0o644)
     print("\nDone: each session went on at epoch N+1 of the one before.")
+    return 0
+
+
+def _cmd_publish(args: argparse.Namespace) -> int:
+    try:
+        commands = publish(
+            args.dataset,
+            message=args.message,
+            folder=args.folder,
+            title=args.title,
+            root=args.root,
+        )
+    except (ValueError, OSError) as e:
+        print(f"kaggle_resume publish: {e}", file=sys.stderr)
+        return 2
+    folder = args.folder or _root(args.root) / "working" / "checkpoints"
+    print(f"Wrote {_show(Path(folder) / _METADATA_NAME)}. Then run, the first time:")
+    print(f"  {commands[0]}")
+    print("and for each later version:")
+    print(f"  {commands[1]}")
+    print("Attach the dataset to the next session: resume() finds it there.")
     return 0
 
 
@@ -1958,6 +2481,19 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--root", help="build the tree here (default a temp folder)")
     demo.add_argument("-v", "--verbose", action="store_true", help="log each step")
     demo.set_defaults(run=_cmd_demo)
+
+    publishing = commands.add_parser(
+        "publish", help="write dataset-metadata.json and print the kaggle commands"
+    )
+    publishing.add_argument("--dataset", required=True, help="OWNER/SLUG")
+    publishing.add_argument("--message", help="version notes")
+    publishing.add_argument(
+        "--folder", help="folder to publish (default root/working/checkpoints)"
+    )
+    publishing.add_argument("--title", help="dataset title (6-50 characters)")
+    publishing.add_argument("--root", help="Kaggle root")
+    publishing.add_argument("-v", "--verbose", action="store_true", help="log")
+    publishing.set_defaults(run=_cmd_publish)
     return parser
 
 
