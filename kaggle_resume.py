@@ -29,6 +29,7 @@ import dataclasses
 import errno
 import filecmp
 import fnmatch
+import glob
 import html
 import importlib
 import json
@@ -49,6 +50,7 @@ import tempfile
 import time
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from copy import deepcopy
 from pathlib import Path
 from typing import Any
 
@@ -56,11 +58,11 @@ import torch
 
 __all__ = [
     "ACCURACY_ALIASES",
-    "DEFAULT_PATTERNS",
-    "SOURCES",
-    "CheckpointInfo",
     "CandidateList",
+    "CheckpointInfo",
+    "DEFAULT_PATTERNS",
     "ResumeState",
+    "SOURCES",
     "SessionClock",
     "copy_checkpoint_to_working",
     "find_best_checkpoint_across_sources",
@@ -82,12 +84,19 @@ _log.addHandler(logging.NullHandler())
 SOURCES: tuple[str, ...] = ("working", "input_datasets", "notebook_outputs", "models")
 _PRIORITY = {source: number for number, source in enumerate(SOURCES)}
 _EXTERNAL = "external"  # a path outside root/working and root/input
+_EXTRA = "extra"  # a folder named by extra_sources or $KAGGLE_RESUME_SOURCES
 
 #: File names searched when no pattern is given.
 DEFAULT_PATTERNS: tuple[str, ...] = ("*.pth", "*.pt", "*.ckpt")
 
 #: Keys read as the accuracy when a checkpoint has no "accuracy" key.
-ACCURACY_ALIASES: tuple[str, ...] = ("acc", "val_accuracy", "val_acc", "best_accuracy")
+ACCURACY_ALIASES: tuple[str, ...] = (
+    "acc",
+    "val_accuracy",
+    "val_acc",
+    "best_accuracy",
+    "eval_accuracy",
+)
 
 _MODEL_KEYS = ("model_state_dict", "state_dict", "model")
 _STEP_KEYS = ("step", "global_step")
@@ -111,6 +120,8 @@ _LAYOUTS = {
     "models": ("models", 5),  # models/<owner>/<model>/<framework>/<var>/<ver>
 }
 _SKIPPED_LAYOUTS = frozenset({"competitions"})
+_HF_FOLDER = re.compile(r"checkpoint-\d+")  # a Hugging Face Trainer checkpoint
+_VERSION = re.compile(r"[/\\]versions[/\\](\d+)(?:[/\\]|$)")  # kagglehub's cache
 
 _TEMP_SUFFIX = ".partial"
 _PROGRESS_BYTES = 256 * 1000**2  # copies bigger than this show progress
@@ -228,12 +239,17 @@ def _is_checkpoint_folder(name: str) -> bool:
 
 
 def _walk(
-    top: Path, match: Callable[[str], bool], max_depth: int, seen: set[tuple[int, int]]
+    top: Path,
+    match: Callable[[str], bool],
+    max_depth: int,
+    seen: set[tuple[int, int]],
+    folders: bool = True,
 ) -> Iterator[Path]:
     """Yield the paths under top whose names match, at most max_depth levels down.
 
     Hidden entries are skipped, a folder reached twice (a symlink loop) is
-    read once, and an unreadable folder or odd entry costs a debug line.
+    read once, and an unreadable folder or odd entry costs a debug line. With
+    folders=True a Hugging Face checkpoint-<step> folder is yielded too.
     """
     stack = [(top, 0)]
     while stack:
@@ -267,7 +283,11 @@ def _walk(
                     try:
                         if match(entry.name):
                             found.append(Path(entry.path))
-                        elif entry.is_dir() and depth < max_depth:
+                        elif not entry.is_dir():
+                            continue
+                        elif folders and _HF_FOLDER.fullmatch(entry.name):
+                            found.append(Path(entry.path))
+                        elif depth < max_depth:
                             subfolders.append(Path(entry.path))
                     except OSError as e:
                         _log.debug("Skipping %r: %s", entry.path, e)
@@ -278,16 +298,22 @@ def _walk(
         stack.extend((sub, depth + 1) for sub in sorted(subfolders, reverse=True))
 
 
-def _search_plan(root: Path) -> list[tuple[str, Path, int]]:
-    """The folders to search, as (source, folder, depth) in priority order."""
+def _search_plan(
+    root: Path, extra: Sequence[tuple[Path, int]] = ()
+) -> list[tuple[str, int, Path, int]]:
+    """The folders to search: (source, priority, folder, depth), best first."""
     working = root / "working"
-    plan = [("working", working, 0), ("working", working / "checkpoints", _MAX_DEPTH)]
+    plan = [
+        ("working", 0, working, 0),
+        ("working", 0, working / "checkpoints", _MAX_DEPTH),
+    ]
+    plan += [(_EXTRA, priority, folder, _MAX_DEPTH) for folder, priority in extra]
     inputs = root / "input"
     try:
         entries = sorted(os.scandir(inputs), key=lambda entry: entry.name)
     except OSError as e:
         _log.debug("No inputs searched in %r: %s", inputs, e)
-        return plan
+        entries = []
     for entry in entries:
         try:
             is_folder = entry.is_dir()
@@ -299,40 +325,102 @@ def _search_plan(root: Path) -> list[tuple[str, Path, int]]:
             _log.debug("Skipping %r: competition data holds no checkpoints", entry.path)
         elif entry.name in _LAYOUTS:
             source, levels = _LAYOUTS[entry.name]
-            plan.append((source, Path(entry.path), levels + _MAX_DEPTH))
+            depth = levels + _MAX_DEPTH
+            plan.append((source, _priority_of(source), Path(entry.path), depth))
         else:
-            plan.append(("input_datasets", Path(entry.path), _MAX_DEPTH))
-    plan.sort(key=lambda item: _priority_of(item[0]))
+            plan.append(("input_datasets", 1, Path(entry.path), _MAX_DEPTH))
+    plan.sort(key=lambda item: item[1])
     return plan
+
+
+def _extra_sources(
+    extra_sources: Iterable[str | os.PathLike[str] | tuple[Any, int]] | None,
+) -> list[tuple[Path, int]]:
+    """Folders beyond root to search, from the argument and $KAGGLE_RESUME_SOURCES.
+
+    Each is a path or glob, alone (priority 4, after the Kaggle sources) or as
+    (path, priority); in the variable, entries are separated by os.pathsep and
+    a priority follows "=". "kagglehub" stands for every dataset version in
+    kagglehub's cache ($KAGGLEHUB_CACHE, else ~/.cache/kagglehub).
+    """
+    wanted: list[tuple[str, int]] = []
+    for item in extra_sources or ():
+        if isinstance(item, tuple):
+            wanted.append((os.fspath(item[0]), int(item[1])))
+        else:
+            wanted.append((os.fspath(item), len(SOURCES)))
+    for text in filter(
+        None, os.environ.get("KAGGLE_RESUME_SOURCES", "").split(os.pathsep)
+    ):
+        path, sep, number = text.rpartition("=")
+        if sep and number.strip().isdigit():
+            wanted.append((path, int(number)))
+        else:
+            wanted.append((text, len(SOURCES)))
+
+    found: list[tuple[Path, int]] = []
+    for pattern, priority in wanted:
+        if pattern == "kagglehub":
+            cache = os.environ.get("KAGGLEHUB_CACHE") or "~/.cache/kagglehub"
+            pattern = os.path.join(cache, "datasets", "*", "*", "versions", "*")
+        expanded = os.path.expanduser(pattern)
+        matches = (
+            sorted(glob.glob(expanded)) if glob.has_magic(expanded) else [expanded]
+        )
+        if not matches:
+            _log.debug("Extra source %r matches nothing", pattern)
+        found += [(Path(match), priority) for match in matches]
+    return found
+
+
+def _locate(
+    root: Path,
+    patterns: str | Sequence[str] | None,
+    extra_sources: Iterable[Any] | None = None,
+) -> list[tuple[str, int, Path]]:
+    """Every candidate path under root and the extra sources, best source first."""
+    match = _matcher(patterns)
+    seen_folders: set[tuple[int, int]] = set()
+    seen_paths: set[str] = set()
+    located = []
+    for source, priority, folder, depth in _search_plan(
+        root, _extra_sources(extra_sources)
+    ):
+        for path in _walk(folder, match, depth, seen_folders, patterns is None):
+            key = os.path.abspath(path)
+            if key not in seen_paths:
+                seen_paths.add(key)
+                located.append((source, priority, path))
+    return located
 
 
 def find_checkpoint_locations(
     root: str | os.PathLike[str] | None = None,
     patterns: str | Sequence[str] | None = None,
+    *,
+    extra_sources: Iterable[str | os.PathLike[str] | tuple[Any, int]] | None = None,
 ) -> dict[str, list[Path]]:
     """List the checkpoint files under a Kaggle root, by source.
 
     Args:
         root: the Kaggle root; default $KAGGLE_RESUME_ROOT, else "/kaggle".
-        patterns: a file name or glob, or several; default *.pth, *.pt, *.ckpt.
+        patterns: a file name or glob, or several; default *.pth, *.pt, *.ckpt
+            and Hugging Face checkpoint-<step> folders.
+        extra_sources: folders or globs beyond root (a Drive folder, the
+            kagglehub cache), each alone or as (path, priority); see also
+            $KAGGLE_RESUME_SOURCES. Their paths are listed under "extra".
 
     Returns:
-        A dict with every name of SOURCES as a key, each a sorted list of the
-        paths found there: root/working and root/working/checkpoints, and
-        every dataset, notebook output and model under root/input, in the
-        flat layout and in the nested one. Competition data is skipped.
+        A dict with every name of SOURCES as a key (and "extra" when extra
+        sources were given), each a sorted list of the paths found there:
+        root/working and root/working/checkpoints, and every dataset,
+        notebook output and model under root/input, in the flat layout and
+        in the nested one. Competition data is skipped.
     """
     base = _root(root)
-    match = _matcher(patterns)
     found: dict[str, list[Path]] = {source: [] for source in SOURCES}
-    seen_folders: set[tuple[int, int]] = set()
-    seen_paths: set[str] = set()
-    for source, folder, depth in _search_plan(base):
-        for path in _walk(folder, match, depth, seen_folders):
-            key = os.path.abspath(path)
-            if key not in seen_paths:
-                seen_paths.add(key)
-                found[source].append(path)
+    for source, _, path in _locate(base, patterns, extra_sources):
+        found.setdefault(source, []).append(path)
     for paths in found.values():
         paths.sort()
     _log.debug(
@@ -367,6 +455,8 @@ class CheckpointInfo:
     size_bytes: int = 0
     mtime: float = 0.0
     keys: list[str] = dataclasses.field(default_factory=list)
+    format: str = "torch"  # or "lightning", "hf_trainer"
+    version: int | None = None  # a kagglehub .../versions/<N>/ folder
 
     def reject(self, reason: str) -> CheckpointInfo:
         """Mark this candidate invalid for the given reason."""
@@ -382,6 +472,7 @@ class _Summary:
     keys: list[str]
     scalars: dict[str, Any]  # top-level values that may be numbers
     metrics: dict[str, Any]  # the "metrics" dict, when there is one
+    format: str = "torch"
 
 
 class _LoadError(Exception):
@@ -547,7 +638,6 @@ _NUMPY_FORMATS = {
     "f8": "d", "f4": "f", "f2": "e", "i8": "q", "i4": "i", "i2": "h", "i1": "b",
     "u8": "Q", "u4": "I", "u2": "H", "u1": "B", "b1": "?",
 }  # fmt: skip
-_SMALL_STORAGE = 64  # elements; a bigger storage is never read while inspecting
 
 
 class _Refused(pickle.UnpicklingError):
@@ -635,19 +725,35 @@ class _InspectingUnpickler(pickle.Unpickler):
             raise _Refused("a tensor without a storage")
         shape = tuple(int(n) for n in size)
         value = None
-        if math.prod(shape) == 1 and storage.numel <= _SMALL_STORAGE:
+        if math.prod(shape) == 1:
             value = self._element(storage, int(offset))
         return _TensorRef(shape, value)
 
     def _element(self, storage: _StorageRef, offset: int) -> int | float | bool:
+        """One element of a storage, read where it lies: nothing else is read."""
         fmt = _STRUCT_FORMATS[storage.kind]
-        data = self._archive.read(f"{self._folder}/data/{storage.key}")
+        width = 2 if fmt == "bf16" else struct.calcsize(fmt)
+        raw = self._record_bytes(f"{self._folder}/data/{storage.key}", offset, width)
+        if len(raw) != width:
+            raise _Refused(f"storage {storage.key} ends early")
         if fmt == "bf16":  # the high half of a float32
-            raw = data[2 * offset : 2 * offset + 2]
             value: int | float | bool = struct.unpack("<f", b"\0\0" + raw)[0]
             return value
-        value = struct.unpack_from("<" + fmt, data, struct.calcsize(fmt) * offset)[0]
+        value = struct.unpack("<" + fmt, raw)[0]
         return value
+
+    def _record_bytes(self, name: str, index: int, width: int) -> bytes:
+        member = self._archive.getinfo(name)
+        if member.compress_type != zipfile.ZIP_STORED:
+            return self._archive.read(member)[index * width : (index + 1) * width]
+        raw = self._archive.fp
+        if raw is None:
+            raise _Refused("the archive is closed")
+        raw.seek(member.header_offset)
+        local = raw.read(30)  # the local file header: name and extra lengths
+        name_length, extra_length = struct.unpack("<HH", local[26:30])
+        raw.seek(member.header_offset + 30 + name_length + extra_length + index * width)
+        return raw.read(width)
 
 
 def _first(value: Any, *_: Any) -> Any:
@@ -686,12 +792,39 @@ def _summarize(obj: Any) -> _Summary:
         for key, value in obj.items()
         if not isinstance(value, (Mapping, list, tuple))
     }
-    metrics = obj.get("metrics")
-    return _Summary(
-        keys=[str(key) for key in obj],
-        scalars=scalars,
-        metrics=dict(metrics) if isinstance(metrics, Mapping) else {},
+    found = obj.get("metrics")
+    metrics = dict(found) if isinstance(found, Mapping) else {}
+    keys = [str(key) for key in obj]
+    if not _is_lightning(keys):
+        return _Summary(keys, scalars, metrics)
+    for name, score in _lightning_scores(obj).items():
+        metrics.setdefault(name, score)
+    return _Summary(keys, scalars, metrics, format="lightning")
+
+
+def _is_lightning(keys: Sequence[str]) -> bool:
+    return "pytorch-lightning_version" in keys or (
+        "state_dict" in keys and "optimizer_states" in keys
     )
+
+
+def _lightning_scores(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
+    """The scores ModelCheckpoint recorded: {monitor: score, "best_model_score"}."""
+    scores: dict[str, Any] = {}
+    callbacks = checkpoint.get("callbacks")
+    if not isinstance(callbacks, Mapping):
+        return scores
+    for name, state in callbacks.items():
+        if not (str(name).startswith("ModelCheckpoint") and isinstance(state, Mapping)):
+            continue
+        best = state.get("best_model_score")
+        current = state.get("current_score")
+        monitor = state.get("monitor")
+        if isinstance(monitor, str) and (current is not None or best is not None):
+            scores.setdefault(monitor, best if current is None else current)
+        if best is not None:
+            scores.setdefault("best_model_score", best)
+    return scores
 
 
 def _judge(
@@ -699,6 +832,7 @@ def _judge(
 ) -> CheckpointInfo:
     """Fill info from a summary and decide whether the checkpoint is valid."""
     info.keys = list(summary.keys)
+    info.format = summary.format
     scalars = summary.scalars
 
     if required_keys is None:
@@ -793,6 +927,9 @@ def get_checkpoint_info(
     if priority is None:
         priority = _priority_of(source)
     info = CheckpointInfo(path=path, source=source, priority=priority)
+    versioned = _VERSION.search(os.fspath(path))
+    if versioned:
+        info.version = int(versioned.group(1))
 
     try:
         status = path.stat()
@@ -802,6 +939,11 @@ def get_checkpoint_info(
         return info.reject("Not found: the file does not exist (removed?)")
     except OSError as e:
         return info.reject(f"Load error: cannot read the file: {e.strerror or e}")
+    if stat.S_ISDIR(status.st_mode) and _is_hf_folder(path):
+        try:
+            return _judge(info, _inspect_hf(info, path), required_keys)
+        except _LoadError as e:
+            return info.reject(str(e))
     if not stat.S_ISREG(status.st_mode):
         return info.reject(
             "Not a file: a folder or special file whose name looks like a checkpoint"
@@ -839,6 +981,217 @@ def _info_from_checkpoint(
         return fresh.reject(str(e))
 
 
+# --- Hugging Face Trainer folders -----------------------------------------
+
+_HF_STATE = "trainer_state.json"
+_HF_WEIGHTS = (
+    "model.safetensors",
+    "pytorch_model.bin",
+    "model.safetensors.index.json",
+    "pytorch_model.bin.index.json",
+    "adapter_model.safetensors",
+    "adapter_model.bin",
+)
+_HF_PARTS = {
+    "optimizer.pt": "optimizer_state_dict",
+    "scheduler.pt": "scheduler_state_dict",
+    "scaler.pt": "scaler_state_dict",
+}
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
+def _is_hf_folder(path: Path) -> bool:
+    return bool(_HF_FOLDER.fullmatch(path.name)) or (path / _HF_STATE).is_file()
+
+
+def _hf_state(folder: Path) -> dict[str, Any]:
+    """trainer_state.json of a Trainer checkpoint folder, or _LoadError."""
+    path = folder / _HF_STATE
+    if not path.is_file():
+        raise _LoadError(
+            f"Missing keys: [{_HF_STATE!r}] (a Hugging Face checkpoint folder "
+            "that was not fully written; use an earlier checkpoint-<step>)"
+        )
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise _LoadError(
+            f"Load error: {_HF_STATE} is unreadable ({e}); the folder was not "
+            "fully written, use an earlier checkpoint-<step>"
+        ) from e
+    if not isinstance(state, dict):
+        raise _LoadError(f"Load error: {_HF_STATE} does not hold a JSON object")
+    return state
+
+
+def _hf_weights(folder: Path) -> Path:
+    """The model weights file of a Trainer checkpoint, checked, or _LoadError."""
+    for name in _HF_WEIGHTS:
+        if (folder / name).is_file():
+            weights = folder / name
+            break
+    else:
+        raise _LoadError(
+            "Missing keys: ['model.safetensors'] (no model weights in this "
+            "Hugging Face checkpoint folder: it was not fully written)"
+        )
+    for part in _weight_files(weights):
+        if part.suffix == ".safetensors":
+            _safetensors_header(part)
+        else:
+            _sniff(part)
+    return weights
+
+
+def _weight_files(weights: Path) -> list[Path]:
+    """The files holding the weights: the shards an index names, or itself."""
+    if not weights.name.endswith(".index.json"):
+        return [weights]
+    try:
+        index = json.loads(weights.read_text(encoding="utf-8"))
+        shards = sorted(set(index["weight_map"].values()))
+    except (OSError, ValueError, KeyError, AttributeError) as e:
+        raise _LoadError(f"Load error: {weights.name} is unreadable ({e})") from e
+    missing = [name for name in shards if not (weights.parent / name).is_file()]
+    if missing:
+        raise _LoadError(f"Missing keys: {missing} (shards named by {weights.name})")
+    return [weights.parent / name for name in shards]
+
+
+def _safetensors_header(path: Path) -> tuple[dict[str, Any], int]:
+    """The JSON header of a .safetensors file and where its data starts."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        length = struct.unpack("<Q", head)[0] if len(head) == 8 else size
+        if length > size - 8:
+            raise _LoadError(f"Load error: {path.name} is truncated (no full header)")
+        try:
+            header = json.loads(f.read(length))
+            end = max(
+                (
+                    int(v["data_offsets"][1])
+                    for k, v in header.items()
+                    if k != "__metadata__"
+                ),
+                default=0,
+            )
+        except (ValueError, KeyError, TypeError, IndexError) as e:
+            raise _LoadError(f"Load error: {path.name} has a bad header ({e})") from e
+    if 8 + length + end > size:
+        raise _LoadError(
+            f"Load error: {path.name} is truncated: {size} bytes, its header "
+            f"describes {8 + length + end}; the save or upload was cut short"
+        )
+    return header, 8 + length
+
+
+def _read_safetensors(path: Path, map_location: Any) -> dict[str, torch.Tensor]:
+    """Load a .safetensors file with torch alone (the format is a JSON header)."""
+    header, start = _safetensors_header(path)
+    size = path.stat().st_size
+    data = torch.from_file(os.fspath(path), shared=False, size=size, dtype=torch.uint8)
+    tensors = {}
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        dtype = _SAFETENSORS_DTYPES.get(entry["dtype"])
+        if dtype is None:
+            raise _LoadError(f"Load error: {path.name}: dtype {entry['dtype']} unknown")
+        first, last = (start + int(n) for n in entry["data_offsets"])
+        raw = data[first:last].clone()
+        tensor = raw.view(dtype).reshape(entry["shape"])
+        tensors[name] = tensor.to(map_location) if map_location is not None else tensor
+    return tensors
+
+
+def _inspect_hf(info: CheckpointInfo, folder: Path) -> _Summary:
+    """Read a Trainer checkpoint folder's state without loading its weights."""
+    state = _hf_state(folder)
+    _hf_weights(folder)
+    info.mtime = (folder / _HF_STATE).stat().st_mtime
+    info.size_bytes = _folder_bytes(folder)
+
+    scalars: dict[str, Any] = {}
+    done = _scalar(state.get("epoch"))
+    if done is None or isinstance(done, bool) or done < 0:
+        raise _LoadError(
+            f"Invalid epoch: {state.get('epoch')!r} in {_HF_STATE} (expected a "
+            "number >= 0)"
+        )
+    if done >= 1:  # epochs done, as a float; ours is the last finished one
+        scalars["epoch"] = math.floor(done) - 1
+    scalars["global_step"] = state.get("global_step")
+
+    step = state.get("global_step")
+    metrics: dict[str, Any] = {"epochs_done": float(done)}
+    for entry in state.get("log_history") or []:
+        if isinstance(entry, Mapping) and entry.get("step") == step:
+            for key, value in entry.items():
+                if key not in ("epoch", "step") and _scalar(value) is not None:
+                    metrics[key] = value
+    if _scalar(state.get("best_metric")) is not None:
+        metrics["best_metric"] = state["best_metric"]
+    keys = ["epoch", "global_step", "model_state_dict", _HF_STATE]
+    keys += sorted(name for name in _HF_PARTS if (folder / name).is_file())
+    return _Summary(keys, scalars, metrics, format="hf_trainer")
+
+
+def _load_hf(
+    folder: Path,
+    *,
+    map_location: Any,
+    safe_globals: Iterable[Any] | None,
+    trusted: bool,
+) -> dict[str, Any]:
+    """A Trainer checkpoint folder as a checkpoint dict of this module's keys."""
+    state = _hf_state(folder)
+    weights = _hf_weights(folder)
+    model_state: dict[str, Any] = {}
+    for part in _weight_files(weights):
+        if part.suffix == ".safetensors":
+            model_state.update(_read_safetensors(part, map_location))
+        else:
+            loaded = _load(
+                part,
+                map_location=map_location,
+                mmap=False,
+                safe_globals=safe_globals,
+                trusted=trusted,
+            )
+            model_state.update(loaded)
+    checkpoint: dict[str, Any] = {
+        "global_step": state.get("global_step"),
+        "model_state_dict": model_state,
+        "trainer_state": state,
+        "history": state.get("log_history") or [],
+    }
+    done = _scalar(state.get("epoch"))
+    if done is not None and done >= 1:
+        checkpoint["epoch"] = math.floor(done) - 1
+    for name, key in _HF_PARTS.items():
+        if (folder / name).is_file():
+            checkpoint[key] = _load(
+                folder / name,
+                map_location=map_location,
+                mmap=False,
+                safe_globals=safe_globals,
+                trusted=trusted,
+            )
+    return checkpoint
+
+
 # --- Selection -------------------------------------------------------------
 
 
@@ -868,8 +1221,8 @@ def _rank(
     """The valid candidates, best first, and a phrase saying how they were ranked."""
     valid = [info for info in candidates if info.is_valid]
 
-    def tail(info: CheckpointInfo) -> tuple[float, str]:
-        return (-info.mtime, os.fspath(info.path))
+    def tail(info: CheckpointInfo) -> tuple[int, float, str]:
+        return (-_num(info.version), -info.mtime, os.fspath(info.path))
 
     if prefer_metric is None:
         valid.sort(key=lambda i: (i.priority, -_num(i.epoch), -_num(i.step), *tail(i)))
@@ -898,32 +1251,32 @@ def _scan(
     required_keys: Sequence[str] | None,
     safe_globals: Iterable[Any] | None,
     trusted: bool,
+    extra_sources: Iterable[Any] | None = None,
 ) -> CandidateList:
     """Inspect every checkpoint found under root, logging each one."""
     candidates = CandidateList(root=root)
-    for source, paths in find_checkpoint_locations(root, patterns).items():
-        for path in paths:
-            info = get_checkpoint_info(
+    for source, priority, path in _locate(root, patterns, extra_sources):
+        info = get_checkpoint_info(
+            path,
+            required_keys=required_keys,
+            source=source,
+            priority=priority,
+            root=root,
+            safe_globals=safe_globals,
+            trusted=trusted,
+        )
+        if info.is_valid:
+            _log.info(
+                "Found [%s] %r: epoch %s, step %s, accuracy %s",
+                source,
                 path,
-                required_keys=required_keys,
-                source=source,
-                priority=_priority_of(source),
-                root=root,
-                safe_globals=safe_globals,
-                trusted=trusted,
+                info.epoch,
+                info.step,
+                info.accuracy,
             )
-            if info.is_valid:
-                _log.info(
-                    "Found [%s] %r: epoch %s, step %s, accuracy %s",
-                    source,
-                    path,
-                    info.epoch,
-                    info.step,
-                    info.accuracy,
-                )
-            else:
-                _log.warning("Rejected [%s] %r: %s", source, path, info.error)
-            candidates.append(info)
+        else:
+            _log.warning("Rejected [%s] %r: %s", source, path, info.error)
+        candidates.append(info)
     return candidates
 
 
@@ -936,6 +1289,7 @@ def find_best_checkpoint_across_sources(
     required_keys: Sequence[str] | None = None,
     safe_globals: Iterable[Any] | None = None,
     trusted: bool = False,
+    extra_sources: Iterable[str | os.PathLike[str] | tuple[Any, int]] | None = None,
 ) -> tuple[Path | None, CheckpointInfo | None, CandidateList]:
     """Find every checkpoint, inspect each one and choose the best valid one.
 
@@ -946,8 +1300,8 @@ def find_best_checkpoint_across_sources(
             name chooses by that metric ("accuracy" uses its aliases too).
         mode: "max" or "min" for the metric; by default "min" for names with
             loss, error or perplexity in them, else "max".
-        root, patterns, required_keys, safe_globals, trusted: as for
-            find_checkpoint_locations and get_checkpoint_info.
+        root, patterns, required_keys, safe_globals, trusted, extra_sources:
+            as for find_checkpoint_locations and get_checkpoint_info.
 
     Returns:
         (best_path, best_info, all_candidates); (None, None, all_candidates)
@@ -955,7 +1309,9 @@ def find_best_checkpoint_across_sources(
         is a list that prints as a table (and renders as one in Jupyter).
     """
     base = _root(root)
-    candidates = _scan(base, patterns, required_keys, safe_globals, trusted)
+    candidates = _scan(
+        base, patterns, required_keys, safe_globals, trusted, extra_sources
+    )
     ranked, how = _rank(candidates, prefer_metric, mode)
     if not ranked:
         _log.info("No valid checkpoint among %d candidates", len(candidates))
@@ -1056,7 +1412,10 @@ def _remove_stale_temps(dst: Path) -> None:
             if found is None or _process_alive(int(found.group(1))):
                 continue
             with contextlib.suppress(OSError):
-                os.unlink(entry.path)
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path)
+                else:
+                    os.unlink(entry.path)
                 _log.info("Removed %r, left by a process that was killed", entry.path)
 
 
@@ -1089,6 +1448,8 @@ def _copy(src: Path, root: Path) -> tuple[Path, Path | None, bool]:
     whether a copy was made: False when dst already held the same bytes).
     """
     dst = root / "working" / "checkpoints" / src.name
+    if src.is_dir():
+        return _copy_folder(src, dst)
     size = src.stat().st_size
     backup = None
     if dst.exists():
@@ -1107,6 +1468,52 @@ def _copy(src: Path, root: Path) -> tuple[Path, Path | None, bool]:
                 "Kept the different file that was at %r as %r", dst, backup.name
             )
     _log.info("Copied %r to %r (%s)", src, dst, _format_bytes(size))
+    return dst, backup, True
+
+
+def _same_tree(a: Path, b: Path) -> bool:
+    """Whether two folders hold the same files with the same bytes."""
+
+    def files(top: Path) -> dict[str, Path]:
+        return {os.fspath(p.relative_to(top)): p for p in top.rglob("*") if p.is_file()}
+
+    left, right = files(a), files(b)
+    return left.keys() == right.keys() and all(
+        filecmp.cmp(left[name], right[name], shallow=False) for name in left
+    )
+
+
+def _copy_folder(src: Path, dst: Path) -> tuple[Path, Path | None, bool]:
+    """Copy a checkpoint folder atomically: into a hidden folder, then rename."""
+    backup = None
+    if dst.exists():
+        if dst.is_dir() and _same_tree(src, dst):
+            _log.info("%r is already in working as %r: not copied again", src, dst)
+            return dst, None, False
+        backup = _backup_name(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temps(dst)
+    size = _folder_bytes(src)
+    what = f"copy {_show(src)!r}"
+    _check_space(dst.parent, size, what)
+
+    temp = _temp_path(dst)
+    try:
+        shutil.copytree(src, temp, copy_function=shutil.copyfile)
+        for folder in (temp, *(p for p in temp.rglob("*") if p.is_dir())):
+            folder.chmod(0o755)  # copytree kept the read-only modes of the input
+        if backup is not None:
+            os.replace(dst, backup)
+            _log.warning("Kept the different folder at %r as %r", dst, backup.name)
+        os.replace(temp, dst)
+    except BaseException as e:
+        shutil.rmtree(temp, ignore_errors=True)
+        if isinstance(e, Exception) and _is_disk_full(e):
+            free = shutil.disk_usage(dst.parent).free
+            raise _no_space(size, free, dst.parent, what) from e
+        raise
+    _fsync_folder(dst.parent)
+    _log.info("Copied the folder %r to %r (%s)", src, dst, _format_bytes(size))
     return dst, backup, True
 
 
@@ -1571,6 +1978,51 @@ def _model_state(checkpoint: Mapping[str, Any]) -> Mapping[str, Any] | None:
     return None
 
 
+def _standard_keys(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
+    """A Lightning checkpoint's states under this module's keys (others as they are).
+
+    Lightning keeps the model under "state_dict", the optimizers under
+    "optimizer_states" and the schedulers under "lr_schedulers": the first of
+    each is the one resumed into a plain optimizer and scheduler.
+    """
+    standard = dict(checkpoint)
+    if not _is_lightning([str(key) for key in checkpoint]):
+        return standard
+    for key, name in (
+        ("optimizer_states", "optimizer_state_dict"),
+        ("lr_schedulers", "scheduler_state_dict"),
+    ):
+        states = checkpoint.get(key)
+        if isinstance(states, list) and states and name not in standard:
+            standard[name] = states[0]
+    if "global_step" in checkpoint and "step" not in standard:
+        standard["step"] = checkpoint["global_step"]
+    return standard
+
+
+def _match_keys(saved: Mapping[str, Any], target: Iterable[str]) -> dict[str, Any]:
+    """Saved state keys renamed to the model's where only a prefix differs.
+
+    Handles "module." (DataParallel, DDP) and "_orig_mod." (torch.compile),
+    and one attribute prefix on either side: a LightningModule's "net." or
+    "model." around the plain module it holds.
+    """
+    state = _strip_prefixes(saved)
+    wanted = set(target)
+    if not wanted or set(state) == wanted:
+        return state
+    for head in sorted({key.split(".", 1)[0] for key in state if "." in key}):
+        prefix = head + "."
+        inner = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        if set(inner) == wanted:
+            return inner
+    for head in sorted({key.split(".", 1)[0] for key in wanted if "." in key}):
+        outer = {f"{head}.{k}": v for k, v in state.items()}
+        if set(outer) == wanted:
+            return outer
+    return state
+
+
 def _check_fit(
     checkpoint: Mapping[str, Any],
     model: torch.nn.Module,
@@ -1581,8 +2033,8 @@ def _check_fit(
     saved = _model_state(checkpoint)
     if saved is None:
         return "Does not fit the model: no model state dict in the checkpoint"
-    state = _strip_prefixes(saved)
     target = _unwrap(model).state_dict()
+    state = _match_keys(saved, target)
 
     missing = sorted(target.keys() - state.keys())
     unexpected = sorted(state.keys() - target.keys())
@@ -1636,24 +2088,38 @@ def _apply(
     scheduler: Any,
     scaler: Any,
     strict: bool,
-) -> None:
-    """Load each saved state into its object (the fit was checked already)."""
-    state = _strip_prefixes(_model_state(checkpoint) or {})
-    _unwrap(model).load_state_dict(state, strict=strict)
+) -> str | None:
+    """Load each saved state into its object; why it failed, or None.
+
+    The optimizer, scheduler and scaler load first, each kept as it was when
+    one of them fails; the model loads last, its keys and shapes checked
+    already, so a failed candidate never leaves a model half-loaded.
+    """
     parts = {"optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
+    before = {name: deepcopy(p.state_dict()) for name, p in parts.items() if p}
     for name, part in parts.items():
         if part is None:
             continue
         saved = checkpoint.get(f"{name}_state_dict")
-        if saved is None:
+        if saved is None or (name == "scaler" and not saved):
             _log.warning(
                 "No %s state in the checkpoint: the %s starts fresh", name, name
             )
-        else:
+            continue
+        try:
             part.load_state_dict(saved)
+        except Exception as e:
+            for restored, state in before.items():
+                parts[restored].load_state_dict(state)
+            return f"Does not fit the {name}: {type(e).__name__}: {e}"
+
+    target = _unwrap(model)
+    state = _match_keys(_model_state(checkpoint) or {}, target.state_dict())
+    target.load_state_dict(state, strict=strict)
     rng = checkpoint.get("rng_state")
     if isinstance(rng, Mapping):
         _set_rng_state(rng)
+    return None
 
 
 def _trim_history(history: Any, epoch: int | None) -> Any:
@@ -1700,8 +2166,8 @@ def _table(
 ) -> str:
     """The candidates as a plain text table, the chosen one marked with *."""
     rows = _rows(candidates, root, chosen)
-    columns = ["", "location", "source", "epoch", "step", "accuracy", "size"]
-    columns += ["valid", "reason"]
+    columns = ["", "location", "source", *_format_column(candidates), "epoch"]
+    columns += ["step", "accuracy", "size", "valid", "reason"]
     widths = {c: max([len(c), *(len(row[c]) for row in rows)]) for c in columns}
     lines = [
         "  ".join(cell.ljust(widths[c]) for c, cell in zip(columns, cells, strict=True))
@@ -1728,6 +2194,7 @@ def resume(
     verify: bool = True,
     safe_globals: Iterable[Any] | None = None,
     trusted: bool = False,
+    extra_sources: Iterable[str | os.PathLike[str] | tuple[Any, int]] | None = None,
 ) -> ResumeState:
     """Find the best checkpoint and restore training from it.
 
@@ -1752,6 +2219,7 @@ def resume(
             False prints nothing at all.
         verify: check the zip CRC-32s before loading (about 0.4 s per GB).
         safe_globals, trusted: as for get_checkpoint_info.
+        extra_sources: as for find_checkpoint_locations.
 
     Returns:
         A ResumeState: start_epoch (0 when fresh), start_step, resumed, path,
@@ -1771,6 +2239,7 @@ def resume(
         verify=verify,
         safe_globals=safe_globals,
         trusted=trusted,
+        extra_sources=extra_sources,
     )
     if _rank_and_size()[1] > 1:
         state = _resume_distributed(model, optimizer, scheduler, scaler, base, options)
@@ -1798,9 +2267,12 @@ def _resume_here(
     verify: bool,
     safe_globals: Iterable[Any] | None,
     trusted: bool,
+    extra_sources: Iterable[Any] | None,
 ) -> ResumeState:
     """Resume in this process alone: scan, rank, try each candidate, apply."""
-    candidates = _scan(base, pattern, required_keys, safe_globals, trusted)
+    candidates = _scan(
+        base, pattern, required_keys, safe_globals, trusted, extra_sources
+    )
     ranked, how = _rank(candidates, prefer_metric, mode)
     state = ResumeState(candidates=candidates, root=base)
 
@@ -1808,8 +2280,7 @@ def _resume_here(
         tried = _try_candidate(
             info,
             base,
-            model,
-            optimizer,
+            (model, optimizer, scheduler, scaler),
             strict=strict,
             copy=copy,
             verify=verify,
@@ -1823,8 +2294,6 @@ def _resume_here(
             _log.warning("Cannot resume from %r: %s; trying the next", info.path, tried)
             continue
         checkpoint, real, used = tried
-
-        _apply(checkpoint, model, optimizer, scheduler, scaler, strict)
         for field in dataclasses.fields(real):  # what was loaded, not the record
             setattr(info, field.name, getattr(real, field.name))
         epoch = info.epoch
@@ -1835,7 +2304,9 @@ def _resume_here(
             path=used,
             info=info,
             candidates=candidates,
-            history=_trim_history(checkpoint.get("history"), epoch),
+            history=checkpoint.get("history")
+            if info.format == "hf_trainer"  # its log has epochs of its own
+            else _trim_history(checkpoint.get("history"), epoch),
             checkpoint=dict(checkpoint),
             reason=f"chosen {how}",
             root=base,
@@ -1900,25 +2371,28 @@ def _resume_distributed(
         return shared
 
     path = shared.path
-    checkpoint = _load(
-        path,
-        map_location=options["map_location"],
-        mmap=_is_under(path, base / "input"),
-        safe_globals=options["safe_globals"],
-        trusted=options["trusted"],
+    checkpoint = _standard_keys(
+        _load_candidate(
+            path,
+            base,
+            options["map_location"],
+            options["safe_globals"],
+            options["trusted"],
+        )
     )
     reason = _check_fit(checkpoint, model, optimizer, options["strict"])
+    if reason is None:
+        strict = options["strict"]
+        reason = _apply(checkpoint, model, optimizer, scheduler, scaler, strict)
     if reason is not None:
         raise RuntimeError(f"kaggle_resume: rank {rank} cannot load {path!r}: {reason}")
-    _apply(checkpoint, model, optimizer, scheduler, scaler, options["strict"])
     return dataclasses.replace(shared, checkpoint=dict(checkpoint))
 
 
 def _try_candidate(
     info: CheckpointInfo,
     base: Path,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer | None,
+    targets: tuple[torch.nn.Module, torch.optim.Optimizer | None, Any, Any],
     *,
     strict: bool,
     copy: bool,
@@ -1928,7 +2402,7 @@ def _try_candidate(
     safe_globals: Iterable[Any] | None,
     trusted: bool,
 ) -> tuple[Any, CheckpointInfo, Path] | str:
-    """Load one candidate and check it fits: (checkpoint, info, path) or a reason.
+    """Load one candidate into the targets: (checkpoint, info, path) or a reason.
 
     The copy into working and the CRC check run in threads while the source
     loads (all three wait on I/O, not on Python). The source is loaded rather
@@ -1936,32 +2410,34 @@ def _try_candidate(
     candidate fails, its copy is removed again and what it displaced restored.
     """
     src = info.path
+    model, optimizer, scheduler, scaler = targets
     with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
         copying = None
         if copy and not _is_under(src, base / "working"):
             copying = pool.submit(_copy, src, base)
-        checking = pool.submit(_verify_zip, src) if verify else None
+        checking = None
+        if verify and src.is_file():
+            checking = pool.submit(_verify_zip, src)
 
         reason: str | None = None
         checkpoint: Any = None
         real = info
         try:
-            checkpoint = _load(
-                src,
-                map_location=map_location,
-                mmap=_is_under(src, base / "input"),
-                safe_globals=safe_globals,
-                trusted=trusted,
-            )
+            checkpoint = _load_candidate(src, base, map_location, safe_globals, trusted)
         except _LoadError as e:
             reason = str(e)
         except OSError as e:
             reason = f"Load error: cannot read the file: {e.strerror or e}"
-        if reason is None:
+        if reason is None and not src.is_dir():  # a folder was judged from its files
             real = _info_from_checkpoint(info, checkpoint, required_keys)
-            reason = real.error or _check_fit(checkpoint, model, optimizer, strict)
+            reason = real.error
+        if reason is None:
+            checkpoint = _standard_keys(checkpoint)
+            reason = _check_fit(checkpoint, model, optimizer, strict)
         if reason is None and checking is not None:
             reason = checking.result()
+        if reason is None:
+            reason = _apply(checkpoint, model, optimizer, scheduler, scaler, strict)
 
         used = src
         if copying is not None:
@@ -1979,10 +2455,34 @@ def _try_candidate(
     return checkpoint, real, used
 
 
+def _load_candidate(
+    src: Path,
+    base: Path,
+    map_location: Any,
+    safe_globals: Iterable[Any] | None,
+    trusted: bool,
+) -> Any:
+    """Load a checkpoint file or a Hugging Face checkpoint folder."""
+    if src.is_dir():
+        return _load_hf(
+            src, map_location=map_location, safe_globals=safe_globals, trusted=trusted
+        )
+    return _load(
+        src,
+        map_location=map_location,
+        mmap=_is_under(src, base / "input"),
+        safe_globals=safe_globals,
+        trusted=trusted,
+    )
+
+
 def _undo_copy(copied: Path, backup: Path | None) -> None:
     """Remove a copy that failed to load, and put back what it displaced."""
     with contextlib.suppress(OSError):
-        copied.unlink()
+        if copied.is_dir():
+            shutil.rmtree(copied)
+        else:
+            copied.unlink()
         _log.info("Removed the copy %r: it failed to load", copied)
     if backup is not None:
         with contextlib.suppress(OSError):
@@ -2238,6 +2738,7 @@ def _rows(
                 "": "*" if chosen is not None and candidate.path == chosen else "",
                 "location": _show(location),
                 "source": candidate.source,
+                "format": candidate.format,
                 "epoch": "-" if candidate.epoch is None else str(candidate.epoch),
                 "step": "-" if candidate.step is None else str(candidate.step),
                 "accuracy": "-"
@@ -2251,13 +2752,18 @@ def _rows(
     return rows
 
 
+def _format_column(candidates: Sequence[CheckpointInfo]) -> list[str]:
+    """["format"] when the candidates come from more than plain torch."""
+    return ["format"] if any(c.format != "torch" for c in candidates) else []
+
+
 def _html_table(
     candidates: Sequence[CheckpointInfo], root: Path, chosen: Path | None
 ) -> str:
     """The candidates as an HTML table, the chosen row marked and in bold."""
     rows = _rows(candidates, root, chosen)
-    columns = ["", "location", "source", "epoch", "step", "accuracy", "size"]
-    columns += ["valid", "reason"]
+    columns = ["", "location", "source", *_format_column(candidates), "epoch"]
+    columns += ["step", "accuracy", "size", "valid", "reason"]
     head = "".join(f"<th>{html.escape(c or 'chosen')}</th>" for c in columns)
     body = []
     for row in rows:

@@ -43,3 +43,10 @@ def demo(session: nox.Session) -> None:
     """Run three simulated Kaggle sessions that resume each other."""
     session.install(TORCH)
     session.run("python", "kaggle_resume.py", "demo", *session.posargs)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Benchmark against torch.load, glob and cp (slow; not run by default)."""
+    session.install(TORCH, "numpy")
+    session.run("python", "benchmarks/bench.py", *session.posargs)

@@ -20,6 +20,7 @@ import random
 import re
 import shlex
 import shutil
+import stat
 import struct
 import subprocess
 import sys
@@ -258,7 +259,8 @@ class _Numpy1Pickler(pickle.Pickler):
         self._dst.write(data.replace(old, new))
 
 
-NUMPY1_PICKLE = types.SimpleNamespace(Pickler=_Numpy1Pickler)
+NUMPY1_PICKLE = types.ModuleType("numpy1_pickle")
+NUMPY1_PICKLE.Pickler = _Numpy1Pickler  # type: ignore[attr-defined]
 
 
 # --- public surface --------------------------------------------------------
@@ -266,7 +268,7 @@ NUMPY1_PICKLE = types.SimpleNamespace(Pickler=_Numpy1Pickler)
 
 class TestPublicSurface:
     def test_public_names_exported(self) -> None:
-        """__all__ is sorted and lists every public name of the API."""
+        """__all__ is sorted (plain or isort-style) and lists the public API."""
         expected = {
             "CheckpointInfo",
             "ResumeState",
@@ -278,7 +280,11 @@ class TestPublicSurface:
             "save_checkpoint",
         }
         assert expected <= set(kr.__all__)
-        assert list(kr.__all__) == sorted(kr.__all__)
+        names = list(kr.__all__)
+        isort_style = sorted(
+            names, key=lambda n: (0 if n.isupper() else 1 if n[0].isupper() else 2, n)
+        )
+        assert names in (sorted(names), isort_style)
         assert isinstance(kr.__version__, str) and kr.__version__
 
     def test_checkpoint_info_fields(self) -> None:
@@ -470,21 +476,27 @@ class TestFindCheckpointLocations:
         best, info, _ = kr.find_best_checkpoint_across_sources(root=tree.root)
         assert info is not None and info.is_valid
 
-    @pytest.mark.skipif(
-        hasattr(os, "geteuid") and os.geteuid() == 0,
-        reason="root reads folders whatever their mode",
-    )
-    def test_unreadable_folder_does_not_raise(self, tree: KaggleTree) -> None:
+    def test_unreadable_folder_does_not_raise(
+        self, tree: KaggleTree, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
         """A folder that cannot be listed is skipped; the rest is found."""
         good = tree.put("input/run/good.pth")
         locked = tree.input / "run" / "locked"
         tree.put("input/run/locked/x.pth")
+        real_scandir = os.scandir
+
+        def scandir(path: Any = ".") -> Any:
+            if Path(os.fsdecode(path)).resolve() == locked.resolve():
+                raise PermissionError(errno.EACCES, "Permission denied", str(path))
+            return real_scandir(path)
+
+        monkeypatch.setattr(os, "scandir", scandir)  # chmod does not stop root
         locked.chmod(0)
         try:
             result = kr.find_checkpoint_locations(root=tree.root)
         finally:
             locked.chmod(0o755)
-        assert good.resolve() in all_found(result)
+        assert all_found(result) == [good.resolve()]
 
     def test_big_data_folder_does_not_hide_checkpoints(self, tree: KaggleTree) -> None:
         """A sibling folder of thousands of images does not hide checkpoints/."""
@@ -507,10 +519,12 @@ def _truncated(path: Path) -> None:
 
 
 def _random_bytes(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(random.Random(7).randbytes(4096))
 
 
 def _html_page(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(
         b"<!DOCTYPE html>\n<html><head><title>Kaggle</title></head>"
         b"<body>Sign in to download this file</body></html>\n"
@@ -620,6 +634,25 @@ class TestGetCheckpointInfo:
         """A bad file is invalid with its reason, and never raises."""
         path = tmp_path / "bad.pth"
         build(path)
+        info = kr.get_checkpoint_info(path)
+        assert not info.is_valid
+        assert info.error is not None and re.search(reason, info.error), info.error
+
+    @pytest.mark.parametrize(
+        ("keys", "reason"),
+        [
+            ({"epoch": -3}, r"^Invalid epoch: -3"),
+            ({"epoch": 2, "accuracy": 1.7}, r"^Invalid accuracy: 1\.7"),
+            ({"accuracy": 0.5}, r"^Missing keys: \['epoch'\]"),
+        ],
+    )
+    def test_rejection_reason_legacy_format(
+        self, tmp_path: Path, keys: dict[str, Any], reason: str
+    ) -> None:
+        """A legacy (non-zip) file is judged by the same rules."""
+        path = tmp_path / "legacy.pth"
+        ckpt = {"model_state_dict": make_model().state_dict(), **keys}
+        torch.save(ckpt, path, _use_new_zipfile_serialization=False)
         info = kr.get_checkpoint_info(path)
         assert not info.is_valid
         assert info.error is not None and re.search(reason, info.error), info.error
@@ -768,6 +801,31 @@ class TestGetCheckpointInfo:
         path = write_checkpoint(tmp_path / "a.pth", **{alias: 0.625})
         info = kr.get_checkpoint_info(path)
         assert info.is_valid and info.accuracy == 0.625
+
+    @pytest.mark.parametrize(
+        "dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+    )
+    def test_accuracy_in_tensor(self, tmp_path: Path, dtype: torch.dtype) -> None:
+        """A one-number tensor accuracy is read as a float."""
+        value = torch.tensor(0.5, dtype=dtype)
+        info = kr.get_checkpoint_info(
+            write_checkpoint(tmp_path / "a.pth", accuracy=value)
+        )
+        assert info.is_valid, info.error
+        assert info.accuracy == 0.5 and type(info.accuracy) is float
+
+    @pytest.mark.parametrize("length", [3, 101])
+    def test_scalar_tensor_view(self, tmp_path: Path, length: int) -> None:
+        """A 0-dim tensor that views a longer tensor is read like any tensor."""
+        per_epoch = torch.linspace(0.0, 1.0, length, dtype=torch.float64)
+        index = length // 2
+        path = write_checkpoint(
+            tmp_path / "a.pth", accuracy=per_epoch[index], val_loss=per_epoch[index]
+        )
+        info = kr.get_checkpoint_info(path)
+        assert info.is_valid, info.error
+        assert info.accuracy == pytest.approx(per_epoch[index].item())
+        assert info.metrics["val_loss"] == pytest.approx(per_epoch[index].item())
 
     def test_accuracy_from_metrics_dict(self, tmp_path: Path) -> None:
         """Accuracy inside a metrics dict is read."""
@@ -1272,20 +1330,27 @@ class TestSaveCheckpoint:
         keys = set(_plain_load(Path(path))["model_state_dict"])
         assert keys == {"weight", "bias"}
 
-    def test_fsync_called(
+    def test_file_fsynced_before_rename(
         self, tree: KaggleTree, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        """The data is fsynced before the rename."""
-        calls: list[int] = []
-        real_fsync = os.fsync
+        """The file's data is fsynced before it is renamed into place."""
+        events: list[str] = []
+        real_fsync, real_replace = os.fsync, os.replace
 
-        def spy(fd: int) -> None:
-            calls.append(fd)
+        def fsync(fd: int) -> None:
+            is_file = stat.S_ISREG(os.fstat(fd).st_mode)
+            events.append("fsync-file" if is_file else "fsync-other")
             real_fsync(fd)
 
-        monkeypatch.setattr(os, "fsync", spy)
+        def replace(src: Any, dst: Any, **kwargs: Any) -> None:
+            events.append("replace")
+            real_replace(src, dst, **kwargs)
+
+        monkeypatch.setattr(os, "fsync", fsync)
+        monkeypatch.setattr(os, "replace", replace)
         kr.save_checkpoint("a.pth", model=make_model(), epoch=1, root=tree.root)
-        assert calls
+        assert "replace" in events
+        assert "fsync-file" in events[: events.index("replace")]
 
     def test_temp_file_in_same_folder_not_matching(
         self, tree: KaggleTree, monkeypatch: pytest.MonkeyPatch
@@ -1411,6 +1476,52 @@ class TestResume:
         tree.put("working/checkpoints/a.pth", epoch=4)
         state = kr.resume(make_model(), root=tree.root, verbose=False)
         assert (state.start_epoch, state.start_step) == (5, 0)
+
+    @pytest.mark.parametrize(
+        "save_kwargs",
+        [
+            {},
+            {"pickle_module": NUMPY1_PICKLE},
+            {"_use_new_zipfile_serialization": False},
+        ],
+        ids=["numpy2-zip", "numpy1-zip", "legacy"],
+    )
+    def test_numpy_scalars_and_legacy_resume(
+        self, tree: KaggleTree, save_kwargs: dict[str, Any]
+    ) -> None:
+        """Checkpoints with numpy scalars, or in the legacy format, resume."""
+        src = make_model(3)
+        path = tree.checkpoints / "np.pth"
+        path.parent.mkdir(parents=True)
+        ckpt = {
+            "epoch": np.int64(4),
+            "step": np.int64(40),
+            "accuracy": np.float64(0.5),
+            "model_state_dict": src.state_dict(),
+        }
+        torch.save(ckpt, path, **save_kwargs)
+        model = make_model(4)
+        state = kr.resume(model, root=tree.root, verbose=False)
+        assert state.resumed, [c.error for c in state.candidates]
+        assert (state.start_epoch, state.start_step) == (5, 41)
+        assert same_state(model.state_dict(), src.state_dict())
+
+    def test_scaler_state_that_cannot_load(self, tree: KaggleTree) -> None:
+        """A scaler state that will not load leaves no half-loaded model behind."""
+        src = make_model(1)
+        src_opt = torch.optim.SGD(src.parameters(), lr=0.1)
+        disabled = cpu_scaler(enabled=False)  # saved by a session without AMP
+        kr.save_checkpoint("a.pth", model=src, optimizer=src_opt, scaler=disabled,
+                           epoch=3, root=tree.root)
+        model = make_model(2)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        before = clone_state(model)
+        state = kr.resume(model, opt, scaler=cpu_scaler(), root=tree.root,
+                          verbose=False)
+        if state.resumed:
+            assert same_state(model.state_dict(), src.state_dict())
+        else:
+            assert same_state(model.state_dict(), before)
 
     def test_input_copied_then_loaded(self, tree: KaggleTree) -> None:
         """An input checkpoint is copied to working and loaded from there."""
