@@ -14,9 +14,12 @@ history, so the next session starts at epoch N+1::
         ...
         save_checkpoint(model=model, optimizer=optimizer, epoch=epoch)
 
-One file, no dependency beyond torch: attach it as a Kaggle utility script,
-fetch it with wget, or vendor it. ``python kaggle_resume.py --help`` shows the
-command line (scan, demo). MIT licence.
+It also reads Lightning .ckpt files and Hugging Face Trainer checkpoint
+folders, times the session (SessionClock) and prepares the output for upload
+as a dataset (publish). One file, no dependency beyond torch: attach it as a
+Kaggle utility script, fetch it with wget, or vendor it. ``python
+kaggle_resume.py --help`` shows the command line (scan, demo, publish).
+MIT licence.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import dataclasses
 import errno
 import filecmp
 import fnmatch
+import functools
 import glob
 import html
 import importlib
@@ -158,12 +162,13 @@ else:
     _WRAPPERS = (torch.nn.DataParallel, _DDP)
 
 
-def _numpy_globals() -> list[Any]:
+@functools.lru_cache(maxsize=1)
+def _numpy_globals() -> tuple[Any, ...]:
     """The numpy names a checkpoint with numpy scalars needs, where numpy exists."""
     try:
         import numpy as np
     except ImportError:
-        return []
+        return ()
     allowed: list[Any] = [np.dtype]
     try:  # numpy 2
         from numpy._core.multiarray import scalar
@@ -177,7 +182,7 @@ def _numpy_globals() -> list[Any]:
         allowed.extend(
             getattr(dtypes, name) for name in dir(dtypes) if name.endswith("DType")
         )
-    return allowed
+    return tuple(allowed)
 
 
 # --- Roots and sources -----------------------------------------------------
@@ -244,16 +249,20 @@ def _walk(
     max_depth: int,
     seen: set[tuple[int, int]],
     folders: bool = True,
+    anywhere: bool = True,
 ) -> Iterator[Path]:
     """Yield the paths under top whose names match, at most max_depth levels down.
 
     Hidden entries are skipped, a folder reached twice (a symlink loop) is
     read once, and an unreadable folder or odd entry costs a debug line. With
-    folders=True a Hugging Face checkpoint-<step> folder is yielded too.
+    folders=True a Hugging Face checkpoint-<step> folder is yielded too. With
+    anywhere=False a file counts only directly in top or inside a folder
+    named like a checkpoint folder (checkpoints/, lightning_logs/.../ckpt/).
     """
-    stack = [(top, 0)]
+    stack = [(top, 0, anywhere)]
     while stack:
-        folder, depth = stack.pop()
+        folder, depth, inside = stack.pop()
+        inside = inside or _is_checkpoint_folder(folder.name)
         try:
             info = folder.stat()
         except OSError as e:
@@ -282,7 +291,8 @@ def _walk(
                         continue
                     try:
                         if match(entry.name):
-                            found.append(Path(entry.path))
+                            if inside or depth == 0:
+                                found.append(Path(entry.path))
                         elif not entry.is_dir():
                             continue
                         elif folders and _HF_FOLDER.fullmatch(entry.name):
@@ -295,18 +305,17 @@ def _walk(
             _log.debug("Cannot read folder %r: %s", folder, e)
 
         yield from sorted(found)
-        stack.extend((sub, depth + 1) for sub in sorted(subfolders, reverse=True))
+        below = sorted(subfolders, reverse=True)
+        stack.extend((sub, depth + 1, inside) for sub in below)
 
 
 def _search_plan(
     root: Path, extra: Sequence[tuple[Path, int]] = ()
 ) -> list[tuple[str, int, Path, int]]:
     """The folders to search: (source, priority, folder, depth), best first."""
-    working = root / "working"
-    plan = [
-        ("working", 0, working, 0),
-        ("working", 0, working / "checkpoints", _MAX_DEPTH),
-    ]
+    # Working: its own files, and checkpoint folders up to 5 levels down
+    # (checkpoints/, lightning_logs/version_0/checkpoints/, results/checkpoint-500/).
+    plan = [("working", 0, root / "working", _MAX_DEPTH + 1)]
     plan += [(_EXTRA, priority, folder, _MAX_DEPTH) for folder, priority in extra]
     inputs = root / "input"
     try:
@@ -386,7 +395,9 @@ def _locate(
     for source, priority, folder, depth in _search_plan(
         root, _extra_sources(extra_sources)
     ):
-        for path in _walk(folder, match, depth, seen_folders, patterns is None):
+        anywhere = source != "working"
+        walk = _walk(folder, match, depth, seen_folders, patterns is None, anywhere)
+        for path in walk:
             key = os.path.abspath(path)
             if key not in seen_paths:
                 seen_paths.add(key)

@@ -9,7 +9,9 @@ import nox
 
 # The CPU build of torch; an unpinned torch may pull a multi-GB CUDA build.
 TORCH = "torch==2.13.0"
-TEST_DEPS = (TORCH, "numpy", "pytest")
+# The other tools whose checkpoints the tests make for real; tests only.
+TOOLS = ("pytorch-lightning==2.6.6", "transformers==5.25.0", "accelerate==1.16.0")
+TEST_DEPS = (TORCH, "numpy", "pytest", *TOOLS)
 
 nox.options.sessions = ["tests", "lint", "typecheck", "demo"]
 nox.options.reuse_existing_virtualenvs = True
@@ -19,7 +21,8 @@ nox.options.reuse_existing_virtualenvs = True
 def tests(session: nox.Session) -> None:
     """Run the test suite."""
     session.install(*TEST_DEPS)
-    session.run("pytest", "-q", "test_kaggle_resume.py", *session.posargs)
+    env = {"KAGGLE_RESUME_REQUIRE_EXTRAS": "1"}  # a missing tool fails, never skips
+    session.run("pytest", "-q", "test_kaggle_resume.py", *session.posargs, env=env)
 
 
 @nox.session
