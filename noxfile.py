@@ -29,9 +29,10 @@ def tests(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     """Check style and formatting with ruff."""
     session.install("ruff")
-    files = ["kaggle_resume.py", "test_kaggle_resume.py", "noxfile.py"]
-    session.run("ruff", "check", *files, *session.posargs)
-    session.run("ruff", "format", "--check", *files)
+    files = ["kaggle_resume.py", "test_kaggle_resume.py", "noxfile.py", "benchmarks"]
+    rules = ["--select", "E,F,W,I,B,UP", "--line-length", "88"]
+    session.run("ruff", "check", *rules, *files, *session.posargs)
+    session.run("ruff", "format", "--check", "--line-length", "88", *files)
 
 
 @nox.session

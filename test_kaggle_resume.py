@@ -292,8 +292,17 @@ class TestPublicSurface:
         assert dataclasses.is_dataclass(kr.CheckpointInfo)
         names = {f.name for f in dataclasses.fields(kr.CheckpointInfo)}
         assert {
-            "path", "source", "priority", "epoch", "step", "accuracy",
-            "metrics", "is_valid", "error", "size_bytes", "mtime",
+            "path",
+            "source",
+            "priority",
+            "epoch",
+            "step",
+            "accuracy",
+            "metrics",
+            "is_valid",
+            "error",
+            "size_bytes",
+            "mtime",
         } <= names
 
 
@@ -473,7 +482,7 @@ class TestFindCheckpointLocations:
                 f.write(good.read_bytes())
         result = kr.find_checkpoint_locations(root=tree.root)
         assert good.resolve() in all_found(result)
-        best, info, _ = kr.find_best_checkpoint_across_sources(root=tree.root)
+        _, info, _ = kr.find_best_checkpoint_across_sources(root=tree.root)
         assert info is not None and info.is_valid
 
     def test_unreadable_folder_does_not_raise(
@@ -675,6 +684,7 @@ class TestGetCheckpointInfo:
         info = kr.get_checkpoint_info(tmp_path / "dir.pth")
         assert not info.is_valid and info.error.startswith("Not a file")
 
+    @pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")
     @pytest.mark.parametrize("writer", ["torch.save", "pickle.dump"])
     def test_pickle_never_runs_code(
         self, tree: KaggleTree, tmp_path: Path, writer: str
@@ -922,11 +932,15 @@ class TestFindBestCheckpointAcrossSources:
         work = tree.put(
             "working/checkpoints/vqvae_pretrained.pth", epoch=50, accuracy=0.89
         )
-        tree.put("input/hmolqd-run1/checkpoints/vqvae_pretrained.pth", epoch=40,
-                 accuracy=0.85)
+        tree.put(
+            "input/hmolqd-run1/checkpoints/vqvae_pretrained.pth",
+            epoch=40,
+            accuracy=0.85,
+        )
         _random_bytes(tree.root / "input/hmolqd-run2/checkpoints/vqvae_pretrained.pth")
-        tree.put("input/notebooks/user/nb/vqvae_pretrained.pth", epoch=30,
-                 accuracy=0.82)
+        tree.put(
+            "input/notebooks/user/nb/vqvae_pretrained.pth", epoch=30, accuracy=0.82
+        )
         assert _best(tree, prefer_metric="accuracy")[0] == work.resolve()
         assert _best(tree)[0] == work.resolve()
 
@@ -934,16 +948,16 @@ class TestFindBestCheckpointAcrossSources:
         """No valid candidate gives (None, None, all candidates)."""
         tree.put("working/checkpoints/a.pth", epoch=-3)
         tree.put("input/run/b.pth", accuracy=1.7)
-        best, info, candidates = kr.find_best_checkpoint_across_sources(
-            root=tree.root
-        )
+        best, info, candidates = kr.find_best_checkpoint_across_sources(root=tree.root)
         assert best is None and info is None
         assert len(candidates) == 2 and not any(c.is_valid for c in candidates)
 
     def test_empty_tree(self, tree: KaggleTree) -> None:
         """An empty tree gives (None, None, [])."""
         assert kr.find_best_checkpoint_across_sources(root=tree.root) == (
-            None, None, []
+            None,
+            None,
+            [],
         )
 
     @pytest.mark.parametrize(
@@ -1116,9 +1130,7 @@ class TestFindBestCheckpointAcrossSources:
 
 
 class TestCopyCheckpointToWorking:
-    @pytest.mark.parametrize(
-        "rel", ["working/checkpoints/a.pth", "working/a.pth"]
-    )
+    @pytest.mark.parametrize("rel", ["working/checkpoints/a.pth", "working/a.pth"])
     def test_working_used_in_place(self, tree: KaggleTree, rel: str) -> None:
         """A checkpoint under working is returned as is, nothing copied."""
         path = tree.put(rel)
@@ -1147,7 +1159,8 @@ class TestCopyCheckpointToWorking:
         again = Path(kr.copy_checkpoint_to_working(src, root=tree.root))
         assert again.resolve() == dst.resolve()
         assert (dst.stat().st_ino, dst.stat().st_mtime_ns) == (
-            stat.st_ino, stat.st_mtime_ns
+            stat.st_ino,
+            stat.st_mtime_ns,
         )
         assert [p.name for p in tree.checkpoints.iterdir()] == ["a.pth"]
 
@@ -1173,9 +1186,7 @@ class TestCopyCheckpointToWorking:
         run2 = tree.put("input/run2/a.pth", epoch=3)
         kr.copy_checkpoint_to_working(run1, root=tree.root)
         kr.copy_checkpoint_to_working(run2, root=tree.root)
-        kept = {
-            p.read_bytes() for p in tree.checkpoints.iterdir() if p.name != "a.pth"
-        }
+        kept = {p.read_bytes() for p in tree.checkpoints.iterdir() if p.name != "a.pth"}
         assert kept == {first, run1.read_bytes()}
         assert (tree.checkpoints / "a.pth").read_bytes() == run2.read_bytes()
 
@@ -1213,9 +1224,11 @@ class TestCopyCheckpointToWorking:
         with pytest.raises(OSError, match="simulated kill"):
             kr.copy_checkpoint_to_working(src, root=tree.root)
         monkeypatch.undo()
-        names = [p.name for p in tree.checkpoints.rglob("*")] if (
-            tree.checkpoints.exists()
-        ) else []
+        names = (
+            [p.name for p in tree.checkpoints.rglob("*")]
+            if (tree.checkpoints.exists())
+            else []
+        )
         assert not any(matches_pattern(n) for n in names)
         assert kr.find_checkpoint_locations(root=tree.root)["working"] == []
 
@@ -1276,7 +1289,9 @@ class TestSaveCheckpoint:
         """Saving under root/input is refused: inputs are read-only on Kaggle."""
         with pytest.raises(ValueError, match="input"):
             kr.save_checkpoint(
-                tree.input / "run" / "x.pth", model=make_model(), epoch=1,
+                tree.input / "run" / "x.pth",
+                model=make_model(),
+                epoch=1,
                 root=tree.root,
             )
 
@@ -1289,15 +1304,33 @@ class TestSaveCheckpoint:
         train_step(model, opt)
         history = [{"epoch": 0, "loss": 1.0}, {"epoch": 1, "loss": 0.5}]
         path = kr.save_checkpoint(
-            "full.pth", model=model, optimizer=opt, scheduler=sched, scaler=scaler,
-            epoch=1, step=20, accuracy=0.5, metrics={"val_loss": 0.75},
-            history=history, extra={"note": "hello", "seed": 3}, root=tree.root,
+            "full.pth",
+            model=model,
+            optimizer=opt,
+            scheduler=sched,
+            scaler=scaler,
+            epoch=1,
+            step=20,
+            accuracy=0.5,
+            metrics={"val_loss": 0.75},
+            history=history,
+            extra={"note": "hello", "seed": 3},
+            root=tree.root,
         )
         ckpt = _plain_load(Path(path))
         assert {
-            "format_version", "epoch", "step", "model_state_dict",
-            "optimizer_state_dict", "scheduler_state_dict", "scaler_state_dict",
-            "accuracy", "metrics", "history", "rng_state", "extra",
+            "format_version",
+            "epoch",
+            "step",
+            "model_state_dict",
+            "optimizer_state_dict",
+            "scheduler_state_dict",
+            "scaler_state_dict",
+            "accuracy",
+            "metrics",
+            "history",
+            "rng_state",
+            "extra",
         } <= set(ckpt)
         assert isinstance(ckpt["format_version"], int)
         assert (ckpt["epoch"], ckpt["step"], ckpt["accuracy"]) == (1, 20, 0.5)
@@ -1314,8 +1347,13 @@ class TestSaveCheckpoint:
     def test_saved_file_inspects_valid(self, tree: KaggleTree) -> None:
         """A saved checkpoint reads back valid with its epoch, step and metrics."""
         path = kr.save_checkpoint(
-            "a.pth", model=make_model(), epoch=3, step=30, accuracy=0.25,
-            metrics={"val_loss": 1.5}, root=tree.root,
+            "a.pth",
+            model=make_model(),
+            epoch=3,
+            step=30,
+            accuracy=0.25,
+            metrics={"val_loss": 1.5},
+            root=tree.root,
         )
         info = kr.get_checkpoint_info(path)
         assert info.is_valid, info.error
@@ -1364,8 +1402,9 @@ class TestSaveCheckpoint:
             real_replace(src, dst, **kwargs)
 
         monkeypatch.setattr(os, "replace", spy)
-        path = Path(kr.save_checkpoint("a.pth", model=make_model(), epoch=1,
-                                       root=tree.root))
+        path = Path(
+            kr.save_checkpoint("a.pth", model=make_model(), epoch=1, root=tree.root)
+        )
         into = [src for src, dst in moves if dst.resolve() == path.resolve()]
         assert len(into) == 1
         assert into[0].parent.resolve() == path.parent.resolve()
@@ -1439,16 +1478,24 @@ class TestResume:
             train_step(model, opt)
             sched.step()
         kr.save_checkpoint(
-            "last.pth", model=model, optimizer=opt, scheduler=sched, scaler=scaler,
-            epoch=7, step=300, extra={"tag": "x"}, root=tree.root,
+            "last.pth",
+            model=model,
+            optimizer=opt,
+            scheduler=sched,
+            scaler=scaler,
+            epoch=7,
+            step=300,
+            extra={"tag": "x"},
+            root=tree.root,
         )
 
         new = make_model(2)
         new_opt = torch.optim.Adam(new.parameters(), lr=0.01)
         new_sched = torch.optim.lr_scheduler.StepLR(new_opt, step_size=2, gamma=0.5)
         new_scaler = cpu_scaler()
-        state = kr.resume(new, new_opt, new_sched, new_scaler, root=tree.root,
-                          verbose=False)
+        state = kr.resume(
+            new, new_opt, new_sched, new_scaler, root=tree.root, verbose=False
+        )
 
         assert state.resumed
         assert (state.start_epoch, state.start_step) == (8, 301)
@@ -1511,13 +1558,20 @@ class TestResume:
         src = make_model(1)
         src_opt = torch.optim.SGD(src.parameters(), lr=0.1)
         disabled = cpu_scaler(enabled=False)  # saved by a session without AMP
-        kr.save_checkpoint("a.pth", model=src, optimizer=src_opt, scaler=disabled,
-                           epoch=3, root=tree.root)
+        kr.save_checkpoint(
+            "a.pth",
+            model=src,
+            optimizer=src_opt,
+            scaler=disabled,
+            epoch=3,
+            root=tree.root,
+        )
         model = make_model(2)
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
         before = clone_state(model)
-        state = kr.resume(model, opt, scaler=cpu_scaler(), root=tree.root,
-                          verbose=False)
+        state = kr.resume(
+            model, opt, scaler=cpu_scaler(), root=tree.root, verbose=False
+        )
         if state.resumed:
             assert same_state(model.state_dict(), src.state_dict())
         else:
@@ -1564,11 +1618,13 @@ class TestResume:
         tree.put("working/checkpoints/best_b.pth", epoch=4, accuracy=0.7)
         state = kr.resume(make_model(), root=tree.root, verbose=False)
         assert state.start_epoch == 10
-        state = kr.resume(make_model(), pattern="best_*.pth", root=tree.root,
-                          verbose=False)
+        state = kr.resume(
+            make_model(), pattern="best_*.pth", root=tree.root, verbose=False
+        )
         assert state.start_epoch == 5
-        state = kr.resume(make_model(), prefer_metric="accuracy", root=tree.root,
-                          verbose=False)
+        state = kr.resume(
+            make_model(), prefer_metric="accuracy", root=tree.root, verbose=False
+        )
         assert state.start_epoch == 4
 
     def test_root_from_env(
@@ -1594,8 +1650,9 @@ class TestResume:
         assert state.resumed
         assert same_state(model.state_dict(), src.state_dict())
 
-    @pytest.mark.parametrize("wrap", [nn.DataParallel, Compiled],
-                             ids=["DataParallel", "compiled"])
+    @pytest.mark.parametrize(
+        "wrap", [nn.DataParallel, Compiled], ids=["DataParallel", "compiled"]
+    )
     def test_plain_state_into_wrapped_model(
         self, tree: KaggleTree, wrap: Callable[[nn.Module], nn.Module]
     ) -> None:
@@ -1610,8 +1667,9 @@ class TestResume:
     def test_dataparallel_round_trip(self, tree: KaggleTree) -> None:
         """save_checkpoint from a DataParallel model resumes into a plain one."""
         src = make_model(3)
-        kr.save_checkpoint("dp.pth", model=nn.DataParallel(src), epoch=1,
-                           root=tree.root)
+        kr.save_checkpoint(
+            "dp.pth", model=nn.DataParallel(src), epoch=1, root=tree.root
+        )
         model = make_model(4)
         assert kr.resume(model, root=tree.root, verbose=False).resumed
         assert same_state(model.state_dict(), src.state_dict())
@@ -1646,8 +1704,9 @@ class TestResume:
         src_opt = torch.optim.SGD(
             [{"params": [src.weight]}, {"params": [src.bias]}], lr=0.1
         )
-        kr.save_checkpoint("a.pth", model=src, optimizer=src_opt, epoch=3,
-                           root=tree.root)
+        kr.save_checkpoint(
+            "a.pth", model=src, optimizer=src_opt, epoch=3, root=tree.root
+        )
         model = make_model(2)
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
         before = clone_state(model)
@@ -1705,7 +1764,7 @@ class TestResume:
         with zipfile.ZipFile(path) as archive:
             entry = next(i for i in archive.infolist() if i.filename.endswith("data/0"))
         raw = bytearray(path.read_bytes())
-        name_len, extra_len = struct.unpack("<HH", raw[entry.header_offset + 26:][:4])
+        name_len, extra_len = struct.unpack("<HH", raw[entry.header_offset + 26 :][:4])
         raw[entry.header_offset + 30 + name_len + extra_len] ^= 0xFF
         path.write_bytes(bytes(raw))
         model = make_model(2)
@@ -1756,14 +1815,19 @@ def _accuracy(epoch: int) -> float:
     return round(0.80 + epoch / 1000, 3)
 
 
-def _session(tree: KaggleTree, *, last_epoch: int, seed: int,
-             prefer_metric: str | None = None) -> tuple[Any, nn.Module]:
+def _session(
+    tree: KaggleTree, *, last_epoch: int, seed: int, prefer_metric: str | None = None
+) -> tuple[Any, nn.Module]:
     """One Kaggle session: resume, train to last_epoch, save as the design does."""
     model = make_model(seed)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     state = kr.resume(
-        model, opt, pattern="vqvae_pretrained.pth", prefer_metric=prefer_metric,
-        root=tree.root, verbose=False,
+        model,
+        opt,
+        pattern="vqvae_pretrained.pth",
+        prefer_metric=prefer_metric,
+        root=tree.root,
+        verbose=False,
     )
     history = list(state.history or [])
     for epoch in range(state.start_epoch, last_epoch + 1):
@@ -1772,8 +1836,13 @@ def _session(tree: KaggleTree, *, last_epoch: int, seed: int,
         if epoch % 10 == 0 or epoch == last_epoch:
             for name in (f"checkpoint_{epoch:04d}.pth", "vqvae_pretrained.pth"):
                 kr.save_checkpoint(
-                    name, model=model, optimizer=opt, epoch=epoch,
-                    accuracy=_accuracy(epoch), history=history, root=tree.root,
+                    name,
+                    model=model,
+                    optimizer=opt,
+                    epoch=epoch,
+                    accuracy=_accuracy(epoch),
+                    history=history,
+                    root=tree.root,
                 )
     return state, model
 
@@ -1788,16 +1857,22 @@ class TestThreeSessionTimeline:
 
         inputs = snapshot(tree.input)
         probe = make_model(9)
-        kr.resume(probe, pattern="vqvae_pretrained.pth", root=tree.root,
-                  copy=False, verbose=False)
+        kr.resume(
+            probe,
+            pattern="vqvae_pretrained.pth",
+            root=tree.root,
+            copy=False,
+            verbose=False,
+        )
         assert same_state(probe.state_dict(), model1.state_dict())
         second, _ = _session(tree, last_epoch=100, seed=2)
         assert second.resumed and second.start_epoch == 51
         assert second.info.source == "input_datasets"
         assert (second.info.epoch, second.info.accuracy) == (50, 0.85)
-        assert Path(second.path).resolve() == (
-            tree.checkpoints / "vqvae_pretrained.pth"
-        ).resolve()
+        assert (
+            Path(second.path).resolve()
+            == (tree.checkpoints / "vqvae_pretrained.pth").resolve()
+        )
         assert snapshot(tree.input) == inputs
         tree.upload("hmolqd-run2")
         tree.new_session()
@@ -1823,15 +1898,21 @@ class TestThreeSessionTimeline:
         """History saved ahead of its epoch leaves one entry per epoch at the end."""
         model = make_model()
         history = [{"epoch": epoch} for epoch in range(6)]
-        kr.save_checkpoint("a.pth", model=model, epoch=3, history=history,
-                           root=tree.root)
+        kr.save_checkpoint(
+            "a.pth", model=model, epoch=3, history=history, root=tree.root
+        )
         for _ in range(2):
             state = kr.resume(make_model(), root=tree.root, verbose=False)
             history = list(state.history)
             for epoch in range(state.start_epoch, state.start_epoch + 3):
                 history.append({"epoch": epoch})
-            kr.save_checkpoint("a.pth", model=model, epoch=state.start_epoch + 1,
-                               history=history, root=tree.root)
+            kr.save_checkpoint(
+                "a.pth",
+                model=model,
+                epoch=state.start_epoch + 1,
+                history=history,
+                root=tree.root,
+            )
         state = kr.resume(make_model(), root=tree.root, verbose=False)
         epochs = [h["epoch"] for h in state.history]
         assert epochs == list(range(state.start_epoch))
@@ -1901,7 +1982,11 @@ def run_cli(
         env["KAGGLE_RESUME_ROOT"] = str(env_root)
     return subprocess.run(
         [sys.executable, str(MODULE_FILE), *args],
-        capture_output=True, text=True, env=env, timeout=300,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
         cwd=MODULE_FILE.parent,
     )
 
@@ -1909,8 +1994,9 @@ def run_cli(
 def winner_line(text: str) -> str:
     """The last output line that names the choice."""
     lines = [
-        line for line in text.splitlines()
-        if re.search(r"winner|best|selected|chosen|choice|resume", line, re.I)
+        line
+        for line in text.splitlines()
+        if re.search(r"winner|best|selected|chosen|choice|resume", line, re.IGNORECASE)
     ]
     assert lines, text
     return lines[-1]
@@ -1945,13 +2031,29 @@ class TestCLI:
         tree.put("working/checkpoints/alpha.pth", epoch=12, val_loss=0.9)
         tree.put("input/run/bravo.pth", epoch=8, val_loss=0.1)
         tree.put("input/run/charlie.ckpt", epoch=9, val_loss=0.05)
-        proc = run_cli("scan", "--root", str(tree.root), "--metric", "val_loss",
-                       "--pattern", "*.pth")
+        proc = run_cli(
+            "scan",
+            "--root",
+            str(tree.root),
+            "--metric",
+            "val_loss",
+            "--pattern",
+            "*.pth",
+        )
         assert proc.returncode == 0, proc.stderr
         assert "charlie" not in proc.stdout
         assert "bravo.pth" in winner_line(proc.stdout)
-        proc = run_cli("scan", "--root", str(tree.root), "--metric", "val_loss",
-                       "--mode", "max", "--pattern", "*.pth")
+        proc = run_cli(
+            "scan",
+            "--root",
+            str(tree.root),
+            "--metric",
+            "val_loss",
+            "--mode",
+            "max",
+            "--pattern",
+            "*.pth",
+        )
         assert "alpha.pth" in winner_line(proc.stdout)
 
     def test_scan_root_from_env(self, tree: KaggleTree) -> None:
@@ -1962,7 +2064,8 @@ class TestCLI:
         assert "bravo.pth" in proc.stdout
 
     @pytest.mark.parametrize(
-        "args", [["scan", "--mode", "sideways"], ["frobnicate"]],
+        "args",
+        [["scan", "--mode", "sideways"], ["frobnicate"]],
         ids=["bad-mode", "bad-command"],
     )
     def test_bad_usage(self, tree: KaggleTree, args: list[str]) -> None:
@@ -1974,8 +2077,10 @@ class TestCLI:
         """demo runs three sessions; sessions 2 and 3 resume at a later epoch."""
         proc = run_cli("demo", "--root", str(tmp_path / "demo"))
         assert proc.returncode == 0, proc.stderr
-        epochs = [int(n) for n in re.findall(r"resumed at epoch (\d+)", proc.stdout,
-                                              re.I)]
+        epochs = [
+            int(n)
+            for n in re.findall(r"resumed at epoch (\d+)", proc.stdout, re.IGNORECASE)
+        ]
         assert len(epochs) >= 2 and epochs == sorted(set(epochs)) and epochs[0] > 0
-        assert re.search(r"session\s*2", proc.stdout, re.I)
-        assert re.search(r"session\s*3", proc.stdout, re.I)
+        assert re.search(r"session\s*2", proc.stdout, re.IGNORECASE)
+        assert re.search(r"session\s*3", proc.stdout, re.IGNORECASE)
