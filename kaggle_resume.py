@@ -536,9 +536,15 @@ def _explain_load_error(path: Path, error: BaseException) -> str:
             f"loading refuses; if you trust {_show(path)!r}, pass "
             f"safe_globals=[{short}] (or trusted=True)"
         )
-    if isinstance(error, EOFError):
-        return "Load error: the file ends early (truncated); save or upload it again"
     first = message.strip().splitlines()[0] if message.strip() else ""
+    cut = ("truncated", "unexpected EOF", "ran out of input", "stack underflow")
+    if isinstance(error, (EOFError, struct.error, IndexError)) or any(
+        word in message for word in cut
+    ):  # what torch's legacy reader raises on a short file
+        return (
+            "Load error: the file ends early or is damaged (truncated); save or "
+            f"upload it again ({type(error).__name__}: {first[:120]})"
+        )
     return f"Load error: {type(error).__name__}: {first[:200]}"
 
 

@@ -6,30 +6,41 @@ fills it with real torch.save files, so the suite runs anywhere with torch.
 
 from __future__ import annotations
 
+import builtins
+import collections
 import contextlib
 import dataclasses
 import errno
+import filecmp
 import fnmatch
 import hashlib
+import inspect
 import io
+import itertools
+import json
 import logging
 import math
 import os
 import pickle
 import random
 import re
+import select
 import shlex
 import shutil
+import signal
+import socket
 import stat
 import struct
 import subprocess
 import sys
+import time
 import types
 import zipfile
 from collections import namedtuple
 from collections.abc import Callable, Iterator
+from html.parser import HTMLParser
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
@@ -2084,3 +2095,2247 @@ class TestCLI:
         assert len(epochs) >= 2 and epochs == sorted(set(epochs)) and epochs[0] > 0
         assert re.search(r"session\s*2", proc.stdout, re.IGNORECASE)
         assert re.search(r"session\s*3", proc.stdout, re.IGNORECASE)
+
+
+TRUNCATED = r"^Load error: .*(?i:truncat|ends early|cut short|EOF)"
+
+
+@dataclasses.dataclass
+class MyConfig:
+    """A user class that weights_only loading refuses unless allowed."""
+
+    lr: float = 0.1
+
+
+# --- helpers ---------------------------------------------------------------
+
+
+def _temps(folder: Path) -> list[str]:
+    """Hidden (temporary) entries in a folder."""
+    if not folder.is_dir():
+        return []
+    return sorted(name for name in os.listdir(folder) if name.startswith("."))
+
+
+def _listing(folder: Path) -> dict[str, bytes]:
+    """Every entry of a folder with its bytes (b"" for a non-file)."""
+    return {
+        path.name: path.read_bytes() if path.is_file() else b""
+        for path in sorted(folder.iterdir())
+    }
+
+
+def _fill(model: nn.Module, value: float) -> nn.Module:
+    """Set every parameter of a model to one value."""
+    with torch.no_grad():
+        for param in model.parameters():
+            param.fill_(value)
+    return model
+
+
+def _filled_with(model: nn.Module, value: float) -> bool:
+    return all(bool(torch.all(p == value)) for p in model.parameters())
+
+
+def _flip_bit(path: Path, record: str = "data/0") -> None:
+    """Flip one bit in the middle of a zip record's data, in place."""
+    with zipfile.ZipFile(path) as archive:
+        member = next(
+            m for m in archive.infolist() if m.filename.endswith("/" + record)
+        )
+    assert member.compress_type == zipfile.ZIP_STORED
+    with open(path, "r+b") as f:
+        f.seek(member.header_offset + 26)
+        name_length, extra_length = struct.unpack("<HH", f.read(4))
+        data_start = member.header_offset + 30 + name_length + extra_length
+        spot = data_start + member.file_size // 2 + 1
+        f.seek(spot)
+        byte = f.read(1)[0]
+        f.seek(spot)
+        f.write(bytes([byte ^ 0x10]))
+
+
+def _bytes_said(message: str, word: str) -> int:
+    """The number of bytes a message says before a word ("needed", "free")."""
+    found = re.search(rf"(\d+) bytes\b[^,;]*?\b{word}\b", message)
+    assert found, f"no '<N> bytes ... {word}' in {message!r}"
+    return int(found.group(1))
+
+
+def _fake_free(monkeypatch: pytest.MonkeyPatch, free: Callable[[], int]) -> None:
+    """Make shutil.disk_usage report free() bytes free everywhere."""
+
+    def disk_usage(path: Any) -> Usage:
+        left = free()
+        return Usage(total=10**12, used=10**12 - left, free=left)
+
+    monkeypatch.setattr(shutil, "disk_usage", disk_usage)
+
+
+def _same_path(a: Path | None, b: Path) -> bool:
+    return a is not None and Path(a).resolve() == b.resolve()
+
+
+def _candidate(state: kr.ResumeState, name: str) -> kr.CheckpointInfo:
+    """The one candidate of a resume whose file has this name."""
+    found = [c for c in state.candidates if Path(c.path).name == name]
+    assert len(found) == 1, [c.path for c in state.candidates]
+    return found[0]
+
+
+def _tree_state(folder: Path) -> dict[str, tuple[Any, ...]]:
+    """Mode, size, mtime, bytes or link target of everything under folder."""
+    state: dict[str, tuple[Any, ...]] = {}
+    for top, dirs, files in os.walk(folder):
+        for name in ["", *dirs, *files]:
+            path = os.path.join(top, name) if name else top
+            info = os.lstat(path)
+            if stat.S_ISLNK(info.st_mode):
+                content: Any = os.readlink(path)
+            elif stat.S_ISREG(info.st_mode):
+                with open(path, "rb") as f:
+                    content = hashlib.sha256(f.read()).hexdigest()
+            else:
+                content = sorted(os.listdir(path))
+            key = os.path.relpath(path, folder)
+            state[key] = (info.st_mode, info.st_size, info.st_mtime_ns, content)
+    return state
+
+
+# --- crash safety ----------------------------------------------------------
+
+# A process with torch imported that forks children on request: one child
+# saves or copies until it is killed, and the server reports how it ended.
+_FORK_SERVER = r"""
+import os, shutil, sys, tempfile, time, traceback
+import torch
+import kaggle_resume as kr
+
+
+def save_loop(root, first, count, go):
+    model = torch.nn.Linear(64, 64)
+    if go:
+        while not os.path.exists(go):
+            time.sleep(0.0005)
+    epoch = first
+    while count < 0 or epoch < first + count:
+        with torch.no_grad():
+            for param in model.parameters():
+                param.fill_(float(epoch))
+        kr.save_checkpoint("checkpoint.pth", model=model, epoch=epoch, root=root)
+        epoch += 1
+
+
+# Warm up first, so a child starts writing at once (lazy imports are done).
+with tempfile.TemporaryDirectory() as warm:
+    saved = kr.save_checkpoint(
+        "warm.pth", model=torch.nn.Linear(64, 64), epoch=0, root=warm
+    )
+    os.makedirs(os.path.join(warm, "input", "run"))
+    src = shutil.copy(saved, os.path.join(warm, "input", "run"))
+    kr.copy_checkpoint_to_working(src, root=warm)
+    os.remove(saved)
+    kr.copy_checkpoint_to_working(src, root=warm)
+
+for line in sys.stdin:
+    command, *args = line.rstrip("\n").split("\t")
+    if command == "ping":
+        print("pong", flush=True)
+        continue
+    if command == "wait":
+        print(os.waitpid(int(args[0]), 0)[1], flush=True)
+        continue
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            if command == "save":
+                save_loop(args[0], int(args[1]), int(args[2]), args[3])
+            else:
+                kr.copy_checkpoint_to_working(args[0], root=args[1])
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+        os._exit(code)
+    print(pid, flush=True)
+"""
+
+
+class _ForkServer:
+    """Drive _FORK_SERVER: start children, wait for them, read their errors."""
+
+    def __init__(self, folder: Path) -> None:
+        self.log = folder / "fork-server.log"
+        env = dict(os.environ, OMP_NUM_THREADS="1")
+        env["PYTHONPATH"] = os.pathsep.join(
+            filter(None, [str(MODULE_FILE.parent), env.get("PYTHONPATH")])
+        )
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", _FORK_SERVER],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                env=env,
+                bufsize=0,
+            )
+        assert self.ask("ping") == "pong"
+
+    def ask(self, *words: Any, timeout: float = 60.0) -> str:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(("\t".join(map(str, words)) + "\n").encode())
+        answer = b""
+        while not answer.endswith(b"\n"):
+            ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+            if not ready:
+                pytest.fail(f"fork server gave no answer to {words}: {self.errors()}")
+            chunk = os.read(self.proc.stdout.fileno(), 4096)
+            if not chunk:
+                pytest.fail(f"fork server died: {self.errors()}")
+            answer += chunk
+        return answer.decode().strip()
+
+    def start(self, *words: Any) -> int:
+        return int(self.ask(*words))
+
+    def wait(self, pid: int) -> int:
+        return int(self.ask("wait", pid))
+
+    def errors(self) -> str:
+        return self.log.read_text(errors="replace")[-3000:]
+
+    def close(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def fork_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_ForkServer]:
+    """A fork server shared by the kill tests."""
+    server = _ForkServer(tmp_path_factory.mktemp("forks"))
+    yield server
+    server.close()
+
+
+def _killed(status: int) -> bool:
+    return os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+
+
+def _exited_cleanly(status: int) -> bool:
+    return os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+
+
+class TestKilledMidWrite:
+    def test_save_killed_at_random_moments(
+        self, tree: KaggleTree, fork_server: _ForkServer
+    ) -> None:
+        """50 kills during save loops: resume always finds a whole checkpoint."""
+        rng = random.Random(4)
+        path = tree.checkpoints / "checkpoint.pth"
+        model = _fill(nn.Linear(64, 64), 0.0)
+        kr.save_checkpoint(path.name, model=model, epoch=0, root=tree.root)
+        started = time.perf_counter()
+        pid = fork_server.start("save", tree.root, 1, 1, "")
+        assert _exited_cleanly(fork_server.wait(pid)), fork_server.errors()
+        took = time.perf_counter() - started  # spreads the kills; never asserted
+        last, mid_write = 1, 0
+
+        for _ in range(50):
+            pid = fork_server.start("save", tree.root, last + 1, -1, "")
+            time.sleep(rng.uniform(0.0, took * 2.5))
+            os.kill(pid, signal.SIGKILL)
+            status = fork_server.wait(pid)
+            assert _killed(status), fork_server.errors()
+            mid_write += bool(_temps(tree.checkpoints))
+
+            listed = kr.find_checkpoint_locations(
+                root=tree.root, patterns="*checkpoint.pth*"
+            )
+            names = [p.name for paths in listed.values() for p in paths]
+            assert names == ["checkpoint.pth"]
+            target = nn.Linear(64, 64)
+            state = kr.resume(target, root=tree.root, verbose=False)
+            assert state.resumed and _same_path(state.path, path)
+            assert [Path(c.path).name for c in state.candidates] == ["checkpoint.pth"]
+            assert all(c.is_valid for c in state.candidates)
+            assert state.info is not None and state.info.epoch is not None
+            assert state.info.epoch >= last  # the previous one or a newer one
+            assert _filled_with(target, float(state.info.epoch))
+            with zipfile.ZipFile(path) as archive:
+                assert archive.testzip() is None
+            last = state.info.epoch
+
+        assert mid_write > 0, "no kill landed mid-write: nothing was proved"
+        assert last > 1, "no killed loop ever completed a save: nothing was proved"
+        kr.save_checkpoint(path.name, model=model, epoch=last + 1, root=tree.root)
+        assert _temps(tree.checkpoints) == []
+
+    def test_copy_killed_at_random_moments(
+        self, tree: KaggleTree, fork_server: _ForkServer
+    ) -> None:
+        """50 kills mid-copy: never a half file under the real name."""
+        rng = random.Random(5)
+        blob = torch.arange(6_000_000, dtype=torch.float32)  # 24 MB
+        src = write_checkpoint(tree.input / "big-run" / "big.pth", epoch=7, blob=blob)
+        dst = tree.checkpoints / "big.pth"
+        started = time.perf_counter()
+        pid = fork_server.start("copy", src, tree.root)
+        assert _exited_cleanly(fork_server.wait(pid)), fork_server.errors()
+        took = time.perf_counter() - started  # spreads the kills; never asserted
+        assert filecmp.cmp(src, dst, shallow=False)
+        dst.unlink()
+        mid_copy = 0
+
+        for _ in range(50):
+            pid = fork_server.start("copy", src, tree.root)
+            time.sleep(rng.uniform(0.0, took * 1.2))
+            os.kill(pid, signal.SIGKILL)
+            status = fork_server.wait(pid)
+            assert _killed(status) or _exited_cleanly(status), fork_server.errors()
+            mid_copy += bool(_temps(tree.checkpoints))
+            assert not dst.exists() or filecmp.cmp(src, dst, shallow=False)
+
+            listed = kr.find_checkpoint_locations(root=tree.root, patterns="*big.pth*")
+            assert not [p for p in listed["working"] if p.name != "big.pth"]
+            state = kr.resume(make_model(seed=3), root=tree.root, verbose=False)
+            assert state.resumed and state.start_epoch == 8
+            assert _same_path(state.path, dst)
+            assert all(c.is_valid for c in state.candidates)
+            assert not [c for c in state.candidates if c.path.name.startswith(".")]
+            assert filecmp.cmp(src, dst, shallow=False)
+            dst.unlink()
+
+        assert mid_copy > 0, "no kill landed mid-copy: nothing was proved"
+        kr.copy_checkpoint_to_working(src, root=tree.root)
+        assert _temps(tree.checkpoints) == []
+
+    def test_two_writers_same_name(
+        self, tree: KaggleTree, fork_server: _ForkServer
+    ) -> None:
+        """Two processes saving one name at once leave one complete file."""
+        go = tree.root / "go"
+        count = 30
+        pids = [
+            fork_server.start("save", tree.root, first, count, go)
+            for first in (1000, 2000)
+        ]
+        go.touch()
+        path = tree.checkpoints / "checkpoint.pth"
+        for _ in range(100):  # read while both write: every read is whole
+            if path.exists():
+                loaded = torch.load(path, weights_only=True)
+                values = loaded["model_state_dict"].values()
+                assert all(bool(torch.all(t == loaded["epoch"])) for t in values)
+
+        statuses = [fork_server.wait(pid) for pid in pids]
+        assert all(_exited_cleanly(s) for s in statuses), fork_server.errors()
+        assert sorted(os.listdir(tree.checkpoints)) == ["checkpoint.pth"]
+        target = nn.Linear(64, 64)
+        state = kr.resume(target, root=tree.root, verbose=False)
+        assert state.info is not None
+        assert state.info.epoch in (1000 + count - 1, 2000 + count - 1)
+        assert _filled_with(target, float(state.info.epoch))
+        with zipfile.ZipFile(path) as archive:
+            assert archive.testzip() is None
+
+
+# --- corruption ------------------------------------------------------------
+
+
+def _write_by(writer: str, tree: KaggleTree, model: nn.Module, epoch: int) -> Path:
+    """A checkpoint in working written by torch.save or by save_checkpoint."""
+    path = tree.checkpoints / "damaged.pth"
+    if writer == "torch.save":
+        return write_checkpoint(path, epoch=epoch, model=model)
+    return kr.save_checkpoint(path.name, model=model, epoch=epoch, root=tree.root)
+
+
+@pytest.mark.parametrize("writer", ["torch.save", "save_checkpoint"])
+class TestBitFlip:
+    def _damaged_and_good(
+        self, tree: KaggleTree, writer: str
+    ) -> tuple[Path, dict[str, torch.Tensor], nn.Module]:
+        damaged_model = make_model(seed=1, out_features=64)
+        damaged = _write_by(writer, tree, damaged_model, epoch=9)
+        good_model = make_model(seed=2, out_features=64)
+        write_checkpoint(tree.input / "run" / "good.pth", epoch=4, model=good_model)
+        _flip_bit(damaged)
+        loaded = torch.load(damaged, weights_only=True)["model_state_dict"]
+        assert not torch.equal(loaded["weight"], damaged_model.weight)
+        return damaged, loaded, good_model
+
+    def test_plain_torch_load_misses_it(self, tree: KaggleTree, writer: str) -> None:
+        """A flipped bit in tensor data loads silently with plain torch.load."""
+        _, loaded, _ = self._damaged_and_good(tree, writer)
+        assert torch.isfinite(loaded["weight"]).all()
+        assert loaded["weight"].shape == (64, 4)
+
+    def test_resume_rejects_and_falls_back(
+        self, tree: KaggleTree, writer: str, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """resume() rejects the damaged file (Integrity error), takes the next."""
+        caplog.set_level(logging.WARNING, logger="kaggle_resume")
+        _, _, good_model = self._damaged_and_good(tree, writer)
+        target = make_model(seed=3, out_features=64)
+        state = kr.resume(target, root=tree.root, verbose=False)
+        assert state.resumed and state.start_epoch == 5
+        assert same_state(target.state_dict(), good_model.state_dict())
+        rejected = _candidate(state, "damaged.pth")
+        assert not rejected.is_valid
+        assert rejected.error is not None
+        assert rejected.error.startswith("Integrity error")
+        assert any("Integrity error" in r.getMessage() for r in caplog.records)
+
+    def test_verify_false_loads_it(self, tree: KaggleTree, writer: str) -> None:
+        """verify=False skips the check and loads the damaged file."""
+        damaged, loaded, _ = self._damaged_and_good(tree, writer)
+        target = make_model(seed=3, out_features=64)
+        state = kr.resume(target, root=tree.root, verbose=False, verify=False)
+        assert state.resumed and state.start_epoch == 10
+        assert _same_path(state.path, damaged)
+        assert same_state(target.state_dict(), loaded)
+
+
+# --- bad input -------------------------------------------------------------
+
+
+def _cut(keep: Callable[[int], int]) -> Callable[[Path], None]:
+    def make(path: Path) -> None:
+        data = write_checkpoint(path, epoch=9).read_bytes()
+        path.write_bytes(data[: keep(len(data))])
+
+    return make
+
+
+def _cut_legacy(path: Path) -> None:
+    ckpt = {"epoch": 9, "model_state_dict": make_model().state_dict()}
+    torch.save(ckpt, path, _use_new_zipfile_serialization=False)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _random_file(path: Path) -> None:
+    data = random.Random(7).randbytes(4096)
+    assert not data.startswith((b"PK", b"\x80"))
+    path.write_bytes(data)
+
+
+def _html_file(path: Path) -> None:
+    path.write_bytes(
+        b"<!DOCTYPE html>\n<html><head><title>404 Not Found</title></head>"
+        b"<body><h1>Not Found</h1></body></html>\n"
+    )
+
+
+def _symlink_loop(path: Path) -> None:
+    other = path.with_name("loop.other")
+    path.symlink_to(other)
+    other.symlink_to(path)
+
+
+BAD_FILES = [
+    pytest.param(lambda p: p.write_bytes(b""), r"^Empty file \(0 bytes\)", id="empty"),
+    pytest.param(_cut(lambda n: 10), TRUNCATED, id="cut-to-10-bytes"),
+    pytest.param(_cut(lambda n: n // 2), TRUNCATED, id="cut-to-half"),
+    pytest.param(_cut(lambda n: n - 100), TRUNCATED, id="last-100-bytes-cut"),
+    pytest.param(_random_file, r"^Load error: ", id="random-bytes"),
+    pytest.param(_html_file, r"^Load error: .*(?i:html)", id="html-page"),
+    pytest.param(lambda p: p.mkdir(), r"^Not a file", id="folder"),
+    pytest.param(
+        lambda p: p.symlink_to(p.with_name("gone.pth")),
+        r"^Not found",
+        id="broken-symlink",
+    ),
+    pytest.param(
+        _symlink_loop,
+        r"^(Load error|Not found|Not a file): .*(?i:symbolic link|symlink)",
+        id="symlink-loop",
+    ),
+    pytest.param(_cut_legacy, TRUNCATED, id="legacy-cut"),
+    pytest.param(
+        lambda p: write_checkpoint(p, epoch=9, drop=("model_state_dict",)),
+        r"^Missing keys: \['model_state_dict'\]",
+        id="no-model-state",
+    ),
+    *[
+        pytest.param(
+            lambda p, v=value: write_checkpoint(p, epoch=v),
+            rf"^Invalid epoch: {re.escape(repr(value))}",
+            id=f"epoch-{value!r}",
+        )
+        for value in (-1, 1.5, "5", True)
+    ],
+    *[
+        pytest.param(
+            lambda p, v=value: write_checkpoint(p, epoch=9, accuracy=v),
+            rf"^Invalid accuracy: {re.escape(repr(value))}"
+            r".*accuracy must lie in \[0, 1\]",
+            id=f"accuracy-{value!r}",
+        )
+        for value in (math.nan, math.inf, 1.7, -0.1, "0.9", 89.0)
+    ],
+]
+
+
+def _mixed_folder(tree: KaggleTree) -> tuple[Path, Path, nn.Module]:
+    """input/mixed/checkpoints with one good checkpoint (epoch 3) in it."""
+    folder = tree.input / "mixed" / "checkpoints"
+    folder.mkdir(parents=True)
+    good_model = make_model(seed=1)
+    good = write_checkpoint(folder / "good.pth", epoch=3, model=good_model)
+    return folder, good, good_model
+
+
+def _assert_good_chosen(
+    state: kr.ResumeState, good: Path, good_model: nn.Module, target: nn.Module
+) -> None:
+    assert state.resumed and state.start_epoch == 4
+    assert state.info is not None and _same_path(state.info.path, good)
+    assert same_state(target.state_dict(), good_model.state_dict())
+
+
+class TestHostileFiles:
+    @pytest.mark.parametrize(("make", "reason"), BAD_FILES)
+    def test_rejected_and_scan_goes_on(
+        self, tree: KaggleTree, make: Callable[[Path], Any], reason: str
+    ) -> None:
+        """A bad file is rejected with a clear reason; the good one is resumed."""
+        folder, good, good_model = _mixed_folder(tree)
+        make(folder / "bad.pth")
+        target = make_model(seed=2)
+        state = kr.resume(target, root=tree.root, verbose=False)
+        _assert_good_chosen(state, good, good_model, target)
+        bad = _candidate(state, "bad.pth")
+        assert not bad.is_valid and bad.error is not None
+        assert re.search(reason, bad.error), bad.error
+        found = kr.get_checkpoint_info(folder / "bad.pth")
+        assert not found.is_valid and re.search(reason, found.error or ""), found
+
+    def test_unreadable_file(
+        self, tree: KaggleTree, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A file that cannot be opened is rejected as unreadable."""
+        folder, good, good_model = _mixed_folder(tree)
+        bad = write_checkpoint(folder / "bad.pth", epoch=9)
+        denied = os.path.abspath(bad)
+
+        def guard(real: Callable[..., Any]) -> Callable[..., Any]:
+            def opener(file: Any, *args: Any, **kwargs: Any) -> Any:
+                path = None if isinstance(file, int) else os.fsdecode(file)
+                if path is not None and os.path.abspath(path) == denied:
+                    raise PermissionError(errno.EACCES, "Permission denied", file)
+                return real(file, *args, **kwargs)
+
+            return opener
+
+        monkeypatch.setattr(builtins, "open", guard(builtins.open))
+        monkeypatch.setattr(io, "open", guard(io.open))
+        monkeypatch.setattr(os, "open", guard(os.open))
+        target = make_model(seed=2)
+        state = kr.resume(target, root=tree.root, verbose=False)
+        _assert_good_chosen(state, good, good_model, target)
+        error = _candidate(state, "bad.pth").error
+        assert error is not None
+        assert re.search(r"^Load error: .*Permission denied", error), error
+
+    def test_vanishes_between_listing_and_reading(
+        self, tree: KaggleTree, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A file removed right after its folder was listed is 'Not found'."""
+        folder, good, good_model = _mixed_folder(tree)
+        victim = write_checkpoint(folder / "bad.pth", epoch=9)
+        real_scandir = os.scandir
+
+        class Listing:
+            def __init__(self, entries: Any) -> None:
+                self.entries = entries
+
+            def __enter__(self) -> Any:
+                return self.entries.__enter__()
+
+            def __exit__(self, *exc: object) -> Any:
+                done = self.entries.__exit__(*exc)
+                victim.unlink(missing_ok=True)
+                return done
+
+            def __iter__(self) -> Any:
+                return iter(self.entries)
+
+            def close(self) -> None:
+                self.entries.close()
+                victim.unlink(missing_ok=True)
+
+        def scandir(path: Any = ".") -> Any:
+            entries = real_scandir(path)
+            if not isinstance(path, int) and Path(os.fsdecode(path)) == folder:
+                return Listing(entries)
+            return entries
+
+        monkeypatch.setattr(os, "scandir", scandir)
+        target = make_model(seed=2)
+        state = kr.resume(target, root=tree.root, verbose=False)
+        _assert_good_chosen(state, good, good_model, target)
+        error = _candidate(state, "bad.pth").error
+        assert error is not None and error.startswith("Not found"), error
+
+    def test_vanishes_between_inspection_and_load(
+        self, tree: KaggleTree, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A chosen file removed before it is loaded: the next one is resumed."""
+        folder, good, good_model = _mixed_folder(tree)
+        victim = write_checkpoint(folder / "bad.pth", epoch=9)
+        real_info = kr.get_checkpoint_info
+
+        def inspect_then_remove(path: Any, **kwargs: Any) -> kr.CheckpointInfo:
+            info = real_info(path, **kwargs)
+            if Path(path) == victim:
+                victim.unlink()
+            return info
+
+        monkeypatch.setattr(kr, "get_checkpoint_info", inspect_then_remove)
+        target = make_model(seed=2)
+        state = kr.resume(target, root=tree.root, verbose=False)
+        _assert_good_chosen(state, good, good_model, target)
+        gone = _candidate(state, "bad.pth")
+        assert not gone.is_valid and gone.error, gone
+        assert not (tree.checkpoints / "bad.pth").exists()
+
+    def test_non_utf8_name_rejected_and_printable(
+        self, tree: KaggleTree, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A damaged file with a non-UTF-8 name: rejected, the summary prints."""
+        folder, good, good_model = _mixed_folder(tree)
+        data = write_checkpoint(tree.root / "tmp.pth", epoch=9).read_bytes()
+        odd = os.path.join(os.fsencode(folder), b"caf\xe9-\xff.pth")
+        with open(odd, "wb") as f:
+            f.write(data[:50])
+        target = make_model(seed=2)
+        with bare_logging():
+            state = kr.resume(target, root=tree.root, verbose=True)
+        out = capsys.readouterr().out
+        _assert_good_chosen(state, good, good_model, target)
+        bad = [c for c in state.candidates if os.fsencode(c.path) == odd]
+        assert len(bad) == 1 and not bad[0].is_valid
+        assert re.search(TRUNCATED, bad[0].error or ""), bad[0].error
+        assert "good.pth" in out and "caf" in out
+        out.encode("utf-8")
+        str(state).encode("utf-8")
+
+    def test_non_utf8_name_valid_never_raises(
+        self, tree: KaggleTree, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A good checkpoint with a non-UTF-8 name: no exception, it is listed."""
+        folder, _, _ = _mixed_folder(tree)
+        data = write_checkpoint(tree.root / "tmp.pth", epoch=2).read_bytes()
+        odd = os.path.join(os.fsencode(folder), b"run\xff.pth")
+        with open(odd, "wb") as f:
+            f.write(data)
+        with bare_logging():
+            state = kr.resume(make_model(seed=2), root=tree.root, verbose=True)
+        assert state.resumed
+        listed = [c for c in state.candidates if os.fsencode(c.path) == odd]
+        assert len(listed) == 1
+        assert listed[0].is_valid or listed[0].error
+        capsys.readouterr().out.encode("utf-8")
+        str(state).encode("utf-8")
+
+    def test_folder_symlink_loop(self, tree: KaggleTree) -> None:
+        """A folder symlink loop ends the walk; the good file is found once."""
+        folder, good, good_model = _mixed_folder(tree)
+        (folder / "again").symlink_to(folder.parent, target_is_directory=True)
+        target = make_model(seed=2)
+        state = kr.resume(target, root=tree.root, verbose=False)
+        _assert_good_chosen(state, good, good_model, target)
+        assert [Path(c.path).resolve() for c in state.candidates] == [good.resolve()]
+
+    @pytest.mark.parametrize("form", ["zip", "legacy", "pickle"])
+    def test_pickle_that_runs_code_never_runs(
+        self, tree: KaggleTree, tmp_path: Path, form: str
+    ) -> None:
+        """A pickle calling os.system is refused and never runs; unsafe would."""
+        folder, good, good_model = _mixed_folder(tree)
+        marker = tmp_path / f"ran-{form}"
+        payload = Exploit(f"touch {shlex.quote(str(marker))}")
+        bad = folder / "bad.pth"
+        if form == "pickle":
+            ckpt = {"epoch": 9, "model_state_dict": {}, "config": payload}
+            bad.write_bytes(pickle.dumps(ckpt, protocol=2))
+        else:
+            ckpt = {
+                "epoch": 9,
+                "model_state_dict": make_model().state_dict(),
+                "config": payload,
+            }
+            torch.save(ckpt, bad, _use_new_zipfile_serialization=form == "zip")
+
+        target = make_model(seed=2)
+        state = kr.resume(target, root=tree.root, verbose=False)
+        kr.find_best_checkpoint_across_sources("accuracy", root=tree.root)
+        info = kr.get_checkpoint_info(bad)
+        assert not marker.exists()
+        _assert_good_chosen(state, good, good_model, target)
+        error = _candidate(state, "bad.pth").error or ""
+        assert error.startswith("Load error") and info.error == error
+        if form != "pickle":
+            assert "system" in error, error
+
+        if form == "pickle":  # the payload is live: an unsafe load runs it
+            pickle.loads(bad.read_bytes())
+        else:
+            torch.load(bad, weights_only=False)
+        assert marker.exists()
+
+    @pytest.mark.parametrize(
+        ("value", "short"),
+        [
+            (MyConfig(lr=0.5), "MyConfig"),
+            (collections.defaultdict(int, seen=1), "defaultdict"),
+        ],
+        ids=["custom-class", "defaultdict"],
+    )
+    def test_refused_class_named_with_fix(
+        self, tree: KaggleTree, value: Any, short: str
+    ) -> None:
+        """The reason names the refused class and says to pass safe_globals."""
+        folder, good, good_model = _mixed_folder(tree)
+        write_checkpoint(folder / "bad.pth", epoch=9, config=value)
+        target = make_model(seed=2)
+        state = kr.resume(target, root=tree.root, verbose=False)
+        _assert_good_chosen(state, good, good_model, target)
+        error = _candidate(state, "bad.pth").error or ""
+        full = f"{type(value).__module__}.{type(value).__qualname__}"
+        assert error.startswith("Load error") and full in error, error
+        assert "safe_globals" in error and short in error, error
+
+
+# --- odd but valid ---------------------------------------------------------
+
+
+def _legacy(path: Path, model: nn.Module) -> None:
+    ckpt = {"epoch": 5, "accuracy": 0.9, "model_state_dict": model.state_dict()}
+    torch.save(ckpt, path, _use_new_zipfile_serialization=False)
+
+
+VALID_ODDITIES = [
+    pytest.param(_legacy, id="legacy-format"),
+    pytest.param(
+        lambda p, m: write_checkpoint(
+            p,
+            model=m,
+            epoch=np.int64(5),
+            accuracy=np.float64(0.9),
+            loss=np.float32(0.5),
+        ),
+        id="numpy-scalars",
+    ),
+    pytest.param(
+        lambda p, m: write_checkpoint(
+            p, model=m, epoch=5, accuracy=0.9, input_shape=torch.Size([1, 4])
+        ),
+        id="torch-size",
+    ),
+    pytest.param(
+        lambda p, m: torch.save(
+            collections.OrderedDict(
+                epoch=5,
+                accuracy=0.9,
+                model_state_dict=collections.OrderedDict(m.state_dict()),
+            ),
+            p,
+        ),
+        id="ordered-dict",
+    ),
+    pytest.param(
+        lambda p, m: write_checkpoint(
+            p, model=m, epoch=torch.tensor(5), accuracy=torch.tensor(0.9)
+        ),
+        id="tensor-epoch-and-accuracy",
+    ),
+]
+
+
+class TestOddButValid:
+    @pytest.mark.parametrize("make", VALID_ODDITIES)
+    def test_valid_and_resumed(
+        self, tree: KaggleTree, make: Callable[[Path, nn.Module], Any]
+    ) -> None:
+        """A valid checkpoint in an unusual form reads and resumes at epoch 6."""
+        saved = make_model(seed=1)
+        path = tree.input / "run" / "odd.pth"
+        path.parent.mkdir(parents=True)
+        make(path, saved)
+        before = list(torch.serialization.get_safe_globals())
+
+        info = kr.get_checkpoint_info(path)
+        assert info.is_valid, info.error
+        assert info.epoch == 5 and type(info.epoch) is int
+        assert info.accuracy == pytest.approx(0.9, rel=1e-6)
+        target = make_model(seed=2)
+        state = kr.resume(target, root=tree.root, verbose=False)
+        assert state.resumed and state.start_epoch == 6
+        assert same_state(target.state_dict(), saved.state_dict())
+        assert list(torch.serialization.get_safe_globals()) == before
+
+
+# --- trust -----------------------------------------------------------------
+
+
+@pytest.fixture
+def load_calls(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """Record the keyword arguments of every torch.load call."""
+    calls: list[dict[str, Any]] = []
+    real_load = torch.load
+
+    def recording_load(*args: Any, **kwargs: Any) -> Any:
+        calls.append(dict(kwargs))
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", recording_load)
+    return calls
+
+
+def _logged(caplog: pytest.LogCaptureFixture, level: int, text: str) -> bool:
+    """Whether kaggle_resume logged text at this level or above."""
+    return any(
+        r.name == "kaggle_resume" and r.levelno >= level and text in r.getMessage()
+        for r in caplog.records
+    )
+
+
+def _config_checkpoint(path: Path, model: nn.Module | None = None) -> Path:
+    return write_checkpoint(path, epoch=5, model=model, config=MyConfig(lr=0.5))
+
+
+class TestWeightsOnly:
+    def test_every_load_is_weights_only(
+        self, tree: KaggleTree, tmp_path: Path, load_calls: list[dict[str, Any]]
+    ) -> None:
+        """Every torch.load call of a scan and resume passes weights_only=True."""
+        marker = tmp_path / "ran"
+        exploit = Exploit(f"touch {shlex.quote(str(marker))}")
+        kr.save_checkpoint(model=make_model(), epoch=1, root=tree.root)
+        write_checkpoint(tree.input / "a" / "np.pth", epoch=np.int64(2))
+        _legacy(tree.input / "a" / "legacy.pth", make_model())
+        write_checkpoint(tree.input / "b" / "evil.pth", epoch=30, config=exploit)
+        _config_checkpoint(tree.input / "b" / "config.pth")
+        write_checkpoint(tree.input / "b" / "dd.pth", config=collections.defaultdict())
+        _cut_legacy(tree.input / "b" / "cut.pth")
+        write_checkpoint(
+            tree.input / "c" / "wide.pth", epoch=40, model=make_model(1, 3)
+        )
+
+        for metric in (None, "accuracy", "epoch"):
+            kr.find_best_checkpoint_across_sources(metric, root=tree.root)
+        for paths in kr.find_checkpoint_locations(root=tree.root).values():
+            for path in paths:
+                kr.get_checkpoint_info(path)
+        state = kr.resume(
+            make_model(), root=tree.root, prefer_metric="epoch", verbose=False
+        )
+        assert state.resumed and state.info is not None
+        assert state.info.path.name == "legacy.pth"  # wide.pth did not fit
+        assert load_calls, "torch.load was never called: nothing was checked"
+        assert all(call.get("weights_only") is True for call in load_calls)
+        assert not marker.exists()
+
+    def test_safe_globals_for_that_call_only(
+        self,
+        tree: KaggleTree,
+        load_calls: list[dict[str, Any]],
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        """safe_globals allows a class for one call; the allowlist is unchanged."""
+        caplog.set_level(logging.INFO, logger="kaggle_resume")
+        saved = make_model(seed=1)
+        path = _config_checkpoint(tree.input / "run" / "config.pth", saved)
+        before = list(torch.serialization.get_safe_globals())
+
+        assert kr.get_checkpoint_info(path, safe_globals=[MyConfig]).is_valid
+        assert list(torch.serialization.get_safe_globals()) == before
+        assert not kr.get_checkpoint_info(path).is_valid
+        target = make_model(seed=2)
+        state = kr.resume(
+            target, root=tree.root, verbose=False, safe_globals=[MyConfig]
+        )
+        assert state.resumed and state.start_epoch == 6
+        assert state.checkpoint["config"] == MyConfig(lr=0.5)
+        assert same_state(target.state_dict(), saved.state_dict())
+        assert list(torch.serialization.get_safe_globals()) == before
+        with pytest.raises(pickle.UnpicklingError, match="MyConfig"):
+            torch.load(path, weights_only=True)  # still refused process-wide
+        assert all(call.get("weights_only") is True for call in load_calls)
+        assert _logged(caplog, logging.INFO, "MyConfig")
+
+    def test_trusted_turns_it_off_for_that_call_only(
+        self,
+        tree: KaggleTree,
+        load_calls: list[dict[str, Any]],
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        """trusted=True loads with weights_only=False for that call, logged."""
+        caplog.set_level(logging.INFO, logger="kaggle_resume")
+        saved = make_model(seed=1)
+        path = _config_checkpoint(tree.input / "run" / "config.pth", saved)
+
+        assert kr.get_checkpoint_info(path, trusted=True).is_valid
+        assert any(call.get("weights_only") is False for call in load_calls)
+        load_calls.clear()
+        assert not kr.get_checkpoint_info(path).is_valid
+        assert all(call.get("weights_only") is True for call in load_calls)
+        target = make_model(seed=2)
+        state = kr.resume(target, root=tree.root, verbose=False, trusted=True)
+        assert state.resumed and state.checkpoint["config"] == MyConfig(lr=0.5)
+        assert same_state(target.state_dict(), saved.state_dict())
+        assert _logged(caplog, logging.WARNING, "trusted")
+
+
+class TestInputNeverWritten:
+    def test_full_resume_leaves_input_untouched(self, tree: KaggleTree) -> None:
+        """Scans, resumes with copy and fallback, copies: input/ stays the same."""
+        inp = tree.input
+        write_checkpoint(inp / "run-a" / "checkpoints" / "ckpt_0005.pth", epoch=5)
+        write_checkpoint(inp / "datasets" / "me" / "run-b" / "ckpt.pth", epoch=8)
+        nb = write_checkpoint(inp / "notebooks" / "me" / "nb" / "last.pth", epoch=3)
+        write_checkpoint(inp / "models" / "me" / "m" / "pytorch" / "v" / "1" / "m.pt")
+        write_checkpoint(inp / "run-c" / "wide.pth", epoch=20, model=make_model(1, 3))
+        _cut(lambda n: n // 2)(inp / "run-a" / "cut.pth")
+        _legacy(inp / "run-a" / "legacy.pth", make_model())
+        write_checkpoint(inp / "run-a" / ".hidden" / "h.pth")
+        (inp / "run-a" / "link.pth").symlink_to(inp / "run-a" / "legacy.pth")
+        for path in inp.rglob("*"):
+            if not path.is_symlink():
+                path.chmod(0o555 if path.is_dir() else 0o444)
+        before = _tree_state(inp)
+
+        kr.find_checkpoint_locations(root=tree.root)
+        for metric in (None, "accuracy", "epoch"):
+            kr.find_best_checkpoint_across_sources(metric, root=tree.root)
+        model = make_model()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        state = kr.resume(
+            model, optimizer, root=tree.root, prefer_metric="epoch", verbose=False
+        )
+        assert state.resumed and state.info is not None
+        assert state.info.path.name == "ckpt.pth"  # wide.pth did not fit
+        assert _same_path(state.path, tree.checkpoints / "ckpt.pth")
+        kr.resume(make_model(), root=tree.root, prefer_metric="epoch", verbose=False)
+        kr.copy_checkpoint_to_working(nb, root=tree.root)
+        with pytest.raises(ValueError):
+            kr.save_checkpoint(
+                inp / "run-a" / "x.pth", model=model, epoch=1, root=tree.root
+            )
+        kr.save_checkpoint(model=model, epoch=9, root=tree.root, keep_last=1)
+        assert _tree_state(inp) == before
+        for path in inp.rglob("*"):
+            if not path.is_symlink():
+                path.chmod(0o755 if path.is_dir() else 0o644)
+
+
+# --- disk full -------------------------------------------------------------
+
+
+class TestOutOfSpace:
+    def test_save_refused_when_free_space_short(
+        self, tree: KaggleTree, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Too little free space: ENOSPC naming the bytes, old file kept."""
+        first = kr.save_checkpoint(model=make_model(1), epoch=1, root=tree.root)
+        before = _listing(tree.checkpoints)
+        _fake_free(monkeypatch, lambda: 1000)
+        with pytest.raises(OSError) as caught:
+            kr.save_checkpoint(model=make_model(2), epoch=2, root=tree.root)
+        assert caught.value.errno == errno.ENOSPC
+        message = str(caught.value)
+        assert _bytes_said(message, "free") == 1000
+        assert _bytes_said(message, "needed") >= first.stat().st_size
+        assert _listing(tree.checkpoints) == before
+        assert kr.get_checkpoint_info(first).epoch == 1
+
+    def test_copy_refused_when_free_space_short(
+        self, tree: KaggleTree, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A copy that does not fit: ENOSPC with its size, nothing written."""
+        src = write_checkpoint(tree.input / "run" / "ckpt.pth", epoch=5)
+        write_checkpoint(tree.checkpoints / "ckpt.pth", epoch=2, model=make_model(2))
+        before = _listing(tree.checkpoints)
+        _fake_free(monkeypatch, lambda: 1000)
+        with pytest.raises(OSError) as caught:
+            kr.copy_checkpoint_to_working(src, root=tree.root)
+        assert caught.value.errno == errno.ENOSPC
+        message = str(caught.value)
+        assert _bytes_said(message, "needed") == src.stat().st_size
+        assert _bytes_said(message, "free") == 1000
+        assert _listing(tree.checkpoints) == before
+
+    @pytest.mark.parametrize("failure", ["oserror-enospc", "torch-runtimeerror"])
+    def test_save_disk_fills_midway(
+        self, tree: KaggleTree, monkeypatch: pytest.MonkeyPatch, failure: str
+    ) -> None:
+        """A save that fills the disk midway: ENOSPC, no partial, old file kept."""
+        first = kr.save_checkpoint(model=make_model(1), epoch=1, root=tree.root)
+        before = _listing(tree.checkpoints)
+        full = [False]
+
+        def filling_save(obj: Any, f: Any, *args: Any, **kwargs: Any) -> None:
+            with open(f, "wb") as out:
+                out.write(b"PK\x03\x04" + bytes(4096))
+            full[0] = True
+            if failure == "oserror-enospc":
+                raise OSError(errno.ENOSPC, "No space left on device")
+            raise RuntimeError(
+                "[enforce fail at inline_container.cc:603] . PytorchStreamWriter "
+                "failed writing file data/0: file write failed"
+            )
+
+        monkeypatch.setattr(torch, "save", filling_save)
+        expected_free = 10**9 if failure == "oserror-enospc" else 1000
+        _fake_free(monkeypatch, lambda: expected_free if full[0] else 10**9)
+        with pytest.raises(OSError) as caught:
+            kr.save_checkpoint(model=make_model(2), epoch=2, root=tree.root)
+        assert full[0], "the fake torch.save was not used"
+        assert caught.value.errno == errno.ENOSPC
+        message = str(caught.value)
+        assert _bytes_said(message, "free") == expected_free
+        assert _bytes_said(message, "needed") > 0
+        assert _listing(tree.checkpoints) == before
+        assert kr.get_checkpoint_info(first).epoch == 1
+
+    @pytest.mark.parametrize("where", ["shutil.copyfile", "os.sendfile"])
+    def test_copy_disk_fills_midway(
+        self, tree: KaggleTree, monkeypatch: pytest.MonkeyPatch, where: str
+    ) -> None:
+        """A copy that fills the disk midway: ENOSPC, no partial, old file kept."""
+        src = write_checkpoint(tree.input / "run" / "ckpt.pth", epoch=5)
+        write_checkpoint(tree.checkpoints / "ckpt.pth", epoch=2, model=make_model(2))
+        before = _listing(tree.checkpoints)
+        size = src.stat().st_size
+        failed = [False]
+
+        def copyfile(a: Any, b: Any, *args: Any, **kwargs: Any) -> Any:
+            with open(a, "rb") as fin, open(b, "wb") as fout:
+                fout.write(fin.read(size // 2))
+            failed[0] = True
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def sendfile(out_fd: int, in_fd: int, offset: Any, count: int) -> int:
+            os.write(out_fd, bytes(1000))
+            failed[0] = True
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        if where == "shutil.copyfile":
+            monkeypatch.setattr(shutil, "copyfile", copyfile)
+        else:
+            monkeypatch.setattr(kr, "_PROGRESS_BYTES", 0)  # the sendfile loop
+            monkeypatch.setattr(os, "sendfile", sendfile)
+        _fake_free(monkeypatch, lambda: 10**9)
+        with pytest.raises(OSError) as caught:
+            kr.copy_checkpoint_to_working(src, root=tree.root)
+        assert failed[0], f"the fake {where} was not used"
+        assert caught.value.errno == errno.ENOSPC
+        message = str(caught.value)
+        assert _bytes_said(message, "needed") == size
+        assert _bytes_said(message, "free") == 10**9
+        assert _listing(tree.checkpoints) == before
+
+
+# --- two ranks -------------------------------------------------------------
+
+# Each rank runs this. An audit hook records, per phase, every write and
+# every folder listing under the two roots, so the test sees which rank
+# discovered, copied and wrote. Results go to rank<N>.json after each phase.
+_RANK_WORKER = r"""
+import datetime, json, os, sys, time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+import kaggle_resume as kr
+
+out, main_root, fresh_root = (Path(arg) for arg in sys.argv[1:4])
+roots = (os.fspath(main_root) + os.sep, os.fspath(fresh_root) + os.sep)
+# Which arguments of each event name a path that is written.
+written = {"os.rename": (0, 1), "shutil.copyfile": (1,), "shutil.copytree": (1,)}
+written.update({"os.link": (1,), "os.symlink": (1,)})
+for name in ("remove", "mkdir", "rmdir", "utime", "chmod", "truncate"):
+    written["os." + name] = (0,)
+written["shutil.rmtree"] = (0,)
+write_flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+phase = ["setup"]
+events, results = {}, {}
+
+
+def audit(event, args):
+    try:
+        if event == "open":
+            path, mode, flags = args
+            if not ((flags or 0) & write_flags or (mode and set(mode) & set("wax+"))):
+                return
+            kind, paths = "write", [path]
+        elif event in written:
+            kind, paths = "write", [args[i] for i in written[event]]
+        elif event in ("os.scandir", "os.listdir"):
+            kind, paths = "list", args[:1]
+        else:
+            return
+        for path in paths:
+            if isinstance(path, int) or path is None:
+                continue
+            text = os.path.abspath(os.fsdecode(path))
+            if (text + os.sep).startswith(roots):
+                events.setdefault(phase[0], []).append([kind, event, text])
+    except Exception:
+        pass
+
+
+def record(name, **data):
+    results[name] = data
+    target = out / f"rank{rank}.json"
+    target.write_text(json.dumps({"results": results, "events": events}))
+
+
+def begin(name):
+    phase[0] = name
+    events.setdefault(name, [])
+
+
+def seeded(seed):
+    torch.manual_seed(seed)
+    return nn.Linear(4, 2)
+
+
+def weights(model):
+    return {k: v.detach().reshape(-1).tolist() for k, v in model.state_dict().items()}
+
+
+dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=30))
+rank = dist.get_rank()
+sys.addaudithook(audit)
+
+begin("fresh")
+state = kr.resume(seeded(1 + rank), root=fresh_root, verbose=False)
+record("fresh", resumed=state.resumed, start_epoch=state.start_epoch)
+
+begin("resume")
+model = seeded(10 + rank)
+optimizer = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
+state = kr.resume(model, optimizer, root=main_root, verbose=False)
+record(
+    "resume",
+    resumed=state.resumed,
+    start_epoch=state.start_epoch,
+    path=os.fspath(state.path),
+    weights=weights(model),
+    lr=optimizer.param_groups[0]["lr"],
+)
+dist.barrier()
+
+begin("save_all")
+path = kr.save_checkpoint("every_rank.pth", model=model, epoch=11, root=main_root)
+record("save_all", path=os.fspath(path))
+dist.barrier()
+
+begin("save_rank0")
+flag = out / "rank0-saved"
+if rank == 0:
+    kr.save_checkpoint("rank0_only.pth", model=model, epoch=12, root=main_root)
+    flag.write_text("saved")
+    record("save_rank0", returned=True)
+else:
+    deadline = time.monotonic() + 30
+    while not flag.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    record("save_rank0", saw_flag=flag.exists())
+dist.barrier()
+
+begin("wrapped")
+ddp = DDP(seeded(20 + rank))  # rank 0's weights on every rank
+kr.save_checkpoint("wrapped.pth", model=ddp, epoch=2, root=main_root)
+plain = seeded(40 + rank)
+into_plain = kr.resume(
+    plain, root=main_root, pattern="wrapped.pth", copy=False, verbose=False
+)
+saved_keys = []
+if rank == 0:
+    folder = main_root / "working" / "checkpoints"
+    saved = torch.load(folder / "wrapped.pth", weights_only=True)
+    saved_keys = list(saved["model_state_dict"])
+    ckpt = {"epoch": 3, "model_state_dict": ddp.state_dict()}
+    torch.save(ckpt, folder / "module_prefix.pth")
+dist.barrier()
+prefixed = seeded(50 + rank)
+from_prefixed = kr.resume(
+    prefixed, root=main_root, pattern="module_prefix.pth", verbose=False
+)
+source = seeded(60)
+kr.save_checkpoint("plain.pth", model=source, epoch=4, root=main_root)
+ddp_back = DDP(seeded(70 + rank))
+into_ddp = kr.resume(ddp_back, root=main_root, pattern="plain.pth", verbose=False)
+record(
+    "wrapped",
+    saved_keys=saved_keys,
+    ddp=weights(ddp.module),
+    into_plain=[into_plain.start_epoch, weights(plain)],
+    from_prefixed=[from_prefixed.start_epoch, weights(prefixed)],
+    source=weights(source),
+    into_ddp=[into_ddp.start_epoch, weights(ddp_back.module)],
+)
+dist.barrier()
+dist.destroy_process_group()
+record("done")
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _flat(state: dict[str, torch.Tensor]) -> dict[str, list[float]]:
+    return {k: v.detach().reshape(-1).tolist() for k, v in state.items()}
+
+
+@dataclasses.dataclass
+class _TwoRanks:
+    """What the two rank processes reported, and the trees they worked in."""
+
+    main: KaggleTree
+    fresh: KaggleTree
+    saved: dict[str, list[float]]
+    ranks: list[dict[str, Any]]
+    logs: list[str]
+    hung: bool
+
+    def phase(self, name: str) -> list[dict[str, Any]]:
+        """Each rank's results for a phase; fail when one did not get there."""
+        for rank, report in enumerate(self.ranks):
+            if name not in report.get("results", {}):
+                why = "hung (killed after the timeout)" if self.hung else "failed"
+                pytest.fail(
+                    f"rank {rank} never finished {name!r}: it {why}\n"
+                    + "\n".join(log[-2500:] for log in self.logs)
+                )
+        return [report["results"][name] for report in self.ranks]
+
+    def events(self, rank: int, name: str) -> list[list[str]]:
+        self.phase(name)
+        return list(self.ranks[rank]["events"].get(name, []))
+
+
+@pytest.fixture(scope="class")
+def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> _TwoRanks:
+    """Run _RANK_WORKER on two gloo ranks once; a hang is killed and reported."""
+    base = tmp_path_factory.mktemp("ddp")
+    main, fresh = KaggleTree(base / "main"), KaggleTree(base / "fresh")
+    for kaggle in (main, fresh):
+        kaggle.working.mkdir(parents=True)
+        kaggle.input.mkdir()
+    saved = make_model(seed=99)
+    run = main.input / "run" / "checkpoints"
+    optimizer = torch.optim.SGD(saved.parameters(), lr=0.25, momentum=0.9)
+    opt_state = optimizer.state_dict()
+    write_checkpoint(
+        run / "ckpt.pth", epoch=6, model=saved, optimizer_state_dict=opt_state
+    )
+    write_checkpoint(run / "older.pth", epoch=2, model=make_model(seed=98))
+    script = base / "rank_worker.py"
+    script.write_text(_RANK_WORKER)
+    out = base / "out"
+    out.mkdir()
+
+    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+    env.update(WORLD_SIZE="2", GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1")
+    env["KAGGLE_RESUME_ROOT"] = str(base / "decoy")
+    env["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [str(MODULE_FILE.parent), env.get("PYTHONPATH")])
+    )
+    argv = [sys.executable, str(script), str(out), str(main.root), str(fresh.root)]
+    procs = [
+        subprocess.Popen(
+            argv,
+            env=dict(env, RANK=str(rank), LOCAL_RANK=str(rank)),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        for rank in range(2)
+    ]
+    deadline, hung, logs = time.monotonic() + 150, False, []
+    for proc in procs:
+        try:
+            output, _ = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            hung = True
+            for other in procs:
+                other.kill()
+            output, _ = proc.communicate()
+        logs.append(f"rank {len(logs)} rc={proc.returncode}:\n" + output.decode())
+
+    ranks = []
+    for rank in range(2):
+        report = out / f"rank{rank}.json"
+        ranks.append(json.loads(report.read_text()) if report.exists() else {})
+    return _TwoRanks(main, fresh, _flat(saved.state_dict()), ranks, logs, hung)
+
+
+class TestTwoRanks:
+    def test_no_checkpoint_no_hang(self, two_ranks: _TwoRanks) -> None:
+        """With nothing to resume from, every rank starts fresh, none hangs."""
+        for report in two_ranks.phase("fresh"):
+            assert report == {"resumed": False, "start_epoch": 0}
+
+    def test_same_epoch_and_weights_everywhere(self, two_ranks: _TwoRanks) -> None:
+        """Every rank resumes the same checkpoint: same epoch, same weights."""
+        reports = two_ranks.phase("resume")
+        copy = two_ranks.main.checkpoints / "ckpt.pth"
+        for report in reports:
+            assert report["resumed"] and report["start_epoch"] == 7
+            assert Path(report["path"]).resolve() == copy.resolve()
+            assert report["weights"] == two_ranks.saved
+            assert report["lr"] == 0.25
+
+    def test_only_rank0_discovers_and_copies(self, two_ranks: _TwoRanks) -> None:
+        """Rank 0 alone lists folders and writes the copy; rank 1 only reads."""
+        two_ranks.phase("resume")
+        copy = two_ranks.main.checkpoints / "ckpt.pth"
+        src = two_ranks.main.input / "run" / "checkpoints" / "ckpt.pth"
+        assert two_ranks.events(1, "resume") == []
+        rank0 = two_ranks.events(0, "resume")
+        assert any(kind == "list" for kind, _, _ in rank0)
+        assert any(kind == "write" and p == str(copy) for kind, _, p in rank0)
+        assert filecmp.cmp(src, copy, shallow=False)
+        inputs = str(two_ranks.main.input) + os.sep
+        assert not [e for e in rank0 if e[0] == "write" and e[2].startswith(inputs)]
+        assert two_ranks.events(1, "fresh") == []
+        assert os.listdir(two_ranks.fresh.working) == []
+
+    def test_save_on_every_rank_writes_once(self, two_ranks: _TwoRanks) -> None:
+        """save_checkpoint on every rank: rank 0 writes, rank 1 writes nothing."""
+        reports = two_ranks.phase("save_all")
+        dst = two_ranks.main.checkpoints / "every_rank.pth"
+        assert {Path(r["path"]).resolve() for r in reports} == {dst.resolve()}
+        assert two_ranks.events(1, "save_all") == []
+        rank0 = two_ranks.events(0, "save_all")
+        assert any(kind == "write" and p == str(dst) for kind, _, p in rank0)
+        info = kr.get_checkpoint_info(dst)
+        assert info.is_valid and info.epoch == 11
+
+    def test_save_on_rank0_only_does_not_wait(self, two_ranks: _TwoRanks) -> None:
+        """A save called on rank 0 alone returns without waiting for rank 1."""
+        rank0, rank1 = two_ranks.phase("save_rank0")
+        assert rank0 == {"returned": True} and rank1 == {"saw_flag": True}
+        assert two_ranks.events(1, "save_rank0") == []
+        dst = two_ranks.main.checkpoints / "rank0_only.pth"
+        assert kr.get_checkpoint_info(dst).epoch == 12
+
+    def test_ddp_state_into_plain_model_and_back(self, two_ranks: _TwoRanks) -> None:
+        """A DDP model's state loads into a plain model, and a plain one into DDP."""
+        reports = two_ranks.phase("wrapped")
+        keys = reports[0]["saved_keys"]
+        assert keys and not [k for k in keys if k.startswith("module.")]
+        for report in reports:
+            assert report["ddp"] == reports[0]["ddp"]
+            assert report["into_plain"] == [3, reports[0]["ddp"]]
+            assert report["from_prefixed"] == [4, reports[0]["ddp"]]
+            assert report["into_ddp"] == [5, report["source"]]
+
+
+# The suite's fixtures: an empty fake Kaggle tree, and a decoy in
+# KAGGLE_RESUME_ROOT so that root= must be honoured.
+
+HOUR = 3600.0
+PAD_BYTES = 2_000_000  # a checkpoint padded with this many tensor bytes
+
+
+@pytest.fixture(autouse=True)
+def _outside_kaggle(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run every test as outside Kaggle unless it sets the variables itself."""
+    for name in ("KAGGLE_KERNEL_RUN_TYPE", "TPU_NAME", "ISTPUVM"):
+        monkeypatch.delenv(name, raising=False)
+
+
+# --- session clock -----------------------------------------------------------
+
+
+class _Ticker:
+    """A time source the test moves by hand."""
+
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def _timed_clock(durations: list[float], left: float) -> kr.SessionClock:
+    """A clock that has timed these epochs and has `left` seconds to go."""
+    ticker = _Ticker()
+    clock = kr.SessionClock(sum(durations) + left, clock=ticker)
+    for duration in durations:
+        ticker.advance(duration)
+        clock.lap()
+    assert clock.time_left() == pytest.approx(left)
+    return clock
+
+
+class TestSessionClock:
+    def test_kaggle_limit_is_12_hours(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """On Kaggle without a TPU the session has 12 hours."""
+        monkeypatch.setenv("KAGGLE_KERNEL_RUN_TYPE", "Batch")
+        ticker = _Ticker()
+        clock = kr.SessionClock(clock=ticker)
+        assert clock.limit == pytest.approx(12 * HOUR)
+        assert clock.time_left() == pytest.approx(12 * HOUR)
+        ticker.advance(2 * HOUR)
+        assert clock.time_left() == pytest.approx(10 * HOUR)
+
+    @pytest.mark.parametrize("variable", ["TPU_NAME", "ISTPUVM"])
+    def test_kaggle_tpu_limit_is_9_hours(
+        self, monkeypatch: pytest.MonkeyPatch, variable: str
+    ) -> None:
+        """On Kaggle with a TPU attached the session has 9 hours."""
+        monkeypatch.setenv("KAGGLE_KERNEL_RUN_TYPE", "Interactive")
+        monkeypatch.setenv(variable, "local" if variable == "TPU_NAME" else "1")
+        clock = kr.SessionClock(clock=_Ticker())
+        assert clock.limit == pytest.approx(9 * HOUR)
+        assert clock.time_left() == pytest.approx(9 * HOUR)
+
+    def test_outside_kaggle_never_stops(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Without KAGGLE_KERNEL_RUN_TYPE there is no limit, even with TPU_NAME."""
+        monkeypatch.setenv("TPU_NAME", "local")
+        ticker = _Ticker()
+        clock = kr.SessionClock(clock=ticker)
+        for _ in range(3):
+            ticker.advance(20 * HOUR)
+            clock.lap()
+        assert clock.limit is None
+        assert math.isinf(clock.time_left())
+        assert not clock.should_stop()
+        assert not clock.should_stop(margin=1e9)
+
+    def test_default_time_source_outside_kaggle(self) -> None:
+        """With the real clock and no limit, should_stop is False."""
+        clock = kr.SessionClock()
+        clock.lap()
+        assert math.isinf(clock.time_left())
+        assert not clock.should_stop(margin=1e9)
+
+    def test_explicit_limit_outside_kaggle(self) -> None:
+        """A limit given outside Kaggle is honoured and stops the run."""
+        ticker = _Ticker()
+        clock = kr.SessionClock(HOUR, clock=ticker)
+        ticker.advance(1000)
+        clock.lap()
+        assert clock.time_left() == pytest.approx(2600)
+        assert not clock.should_stop(margin=600)
+        ticker.advance(1000)
+        clock.lap()
+        assert clock.time_left() == pytest.approx(1600)
+        assert clock.should_stop(margin=700)
+
+    def test_explicit_limit_wins_on_kaggle(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A limit passed on Kaggle replaces the 12-hour default."""
+        monkeypatch.setenv("KAGGLE_KERNEL_RUN_TYPE", "Batch")
+        clock = kr.SessionClock(2 * HOUR, clock=_Ticker())
+        assert clock.limit == pytest.approx(2 * HOUR)
+        assert clock.time_left() == pytest.approx(2 * HOUR)
+
+    def test_start_given(self) -> None:
+        """Time left counts from the start passed in, not from construction."""
+        ticker = _Ticker(5000.0)
+        clock = kr.SessionClock(HOUR, start=4000.0, clock=ticker)
+        assert clock.elapsed() == pytest.approx(1000)
+        assert clock.time_left() == pytest.approx(2600)
+        ticker.advance(100)
+        assert clock.time_left() == pytest.approx(2500)
+
+    def test_start_given_on_kaggle(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """On Kaggle, a session that began 11 hours ago has 1 hour left."""
+        monkeypatch.setenv("KAGGLE_KERNEL_RUN_TYPE", "Batch")
+        ticker = _Ticker()
+        clock = kr.SessionClock(start=ticker.now - 11 * HOUR, clock=ticker)
+        assert clock.time_left() == pytest.approx(HOUR)
+
+    def test_lap_returns_epoch_duration(self) -> None:
+        """lap() returns the time since the previous lap and records it."""
+        ticker = _Ticker()
+        clock = kr.SessionClock(10 * HOUR, clock=ticker)
+        ticker.advance(250)
+        assert clock.lap() == pytest.approx(250)
+        ticker.advance(400)
+        assert clock.lap() == pytest.approx(400)
+        assert clock.durations == pytest.approx([250, 400])
+
+    def test_slow_first_epoch_counts(self) -> None:
+        """A slow earlier epoch still counts: not only the last duration decides."""
+        # mean 1800 s, last 600 s: 1200 s left fits the last, not the mean
+        assert _timed_clock([3000, 600], left=1200).should_stop(margin=0)
+        assert not _timed_clock([3000, 600], left=2000).should_stop(margin=0)
+
+    def test_slowdown_counts(self) -> None:
+        """A last epoch slower than the mean decides: not only the mean."""
+        # mean 1050 s, last 2400 s: 1800 s left fits the mean, not the last
+        assert _timed_clock([600, 600, 600, 2400], left=1800).should_stop(margin=0)
+        assert not _timed_clock([600, 600, 600, 2400], left=2600).should_stop(margin=0)
+
+    def test_margin(self) -> None:
+        """The margin is kept free for the save; 600 s by default."""
+        clock = _timed_clock([1000], left=1500)
+        assert clock.should_stop()  # 1500 - 600 < 1000
+        assert clock.should_stop(margin=600)
+        assert not clock.should_stop(margin=400)  # 1500 - 400 >= 1000
+
+    def test_margin_alone_before_any_epoch(self) -> None:
+        """Before any epoch is timed, only the margin decides."""
+        ticker = _Ticker()
+        clock = kr.SessionClock(1000, clock=ticker)
+        ticker.advance(500)
+        assert clock.should_stop(margin=600)
+        assert not clock.should_stop(margin=400)
+
+    def test_resume_gives_kaggle_clock(
+        self, tree: KaggleTree, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """resume() returns a SessionClock with Kaggle's limit, shown in str()."""
+        monkeypatch.setenv("KAGGLE_KERNEL_RUN_TYPE", "Batch")
+        tree.put("working/checkpoints/alpha.pth", epoch=4)
+        state = kr.resume(make_model(), root=tree.root, verbose=False)
+        assert isinstance(state.clock, kr.SessionClock)
+        assert state.clock.limit == pytest.approx(12 * HOUR)
+        assert re.search(r"time left", str(state), re.I)
+
+
+# --- rotation ----------------------------------------------------------------
+
+
+def _save(tree: KaggleTree, name: str, epoch: int, **kwargs: Any) -> Path:
+    """save_checkpoint a tiny model under root/working/checkpoints/name."""
+    kwargs.setdefault("root", tree.root)
+    return kr.save_checkpoint(name, model=make_model(), epoch=epoch, **kwargs)
+
+
+def _pad() -> dict[str, torch.Tensor]:
+    """An extra= entry that makes a checkpoint about PAD_BYTES bigger."""
+    return {"pad": torch.zeros(PAD_BYTES // 4)}
+
+
+def _names(folder: Path, glob: str = "*.pth") -> set[str]:
+    """Names of the visible files in folder matching glob."""
+    return {p.name for p in folder.glob(glob) if not p.name.startswith(".")}
+
+
+def _bytes_under(folder: Path) -> int:
+    """Bytes of every file under folder."""
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+class TestRotation:
+    def test_keep_last_numbers_not_text(self, tree: KaggleTree) -> None:
+        """keep_last sorts checkpoint_9 before checkpoint_10, never by text."""
+        for epoch in (8, 9, 10, 11):
+            _save(tree, f"checkpoint_{epoch}.pth", epoch, keep_last=2)
+        assert _names(tree.checkpoints) == {"checkpoint_10.pth", "checkpoint_11.pth"}
+
+    def test_keep_last_by_stored_epoch(self, tree: KaggleTree) -> None:
+        """The epoch stored in the file orders the series, not name or mtime."""
+        for number, epoch in ((1, 30), (2, 10), (3, 20)):
+            path = tree.put(
+                f"working/checkpoints/checkpoint_{number:04d}.pth", epoch=epoch
+            )
+            os.utime(path, (1_000_000 + number, 1_000_000 + number))
+        _save(tree, "checkpoint_0004.pth", 25, keep_last=2)
+        assert _names(tree.checkpoints) == {
+            "checkpoint_0001.pth",
+            "checkpoint_0004.pth",
+        }
+
+    def test_newest_and_written_never_removed(self, tree: KaggleTree) -> None:
+        """keep_last=1 keeps both the newest by epoch and the file just written."""
+        tree.put("working/checkpoints/checkpoint_0009.pth", epoch=9)
+        tree.put("working/checkpoints/checkpoint_0005.pth", epoch=5)
+        _save(tree, "checkpoint_0010.pth", 3, keep_last=1)
+        assert _names(tree.checkpoints) == {
+            "checkpoint_0009.pth",
+            "checkpoint_0010.pth",
+        }
+
+    def test_keep_best_accuracy(self, tree: KaggleTree) -> None:
+        """keep_best="accuracy" keeps the most accurate file beyond keep_last."""
+        accuracies = [0.5, 0.9, 0.6, 0.7, 0.65]
+        for epoch, accuracy in enumerate(accuracies, start=1):
+            _save(
+                tree,
+                f"checkpoint_{epoch:04d}.pth",
+                epoch,
+                accuracy=accuracy,
+                keep_last=2,
+                keep_best="accuracy",
+            )
+        assert _names(tree.checkpoints) == {
+            "checkpoint_0002.pth",
+            "checkpoint_0004.pth",
+            "checkpoint_0005.pth",
+        }
+
+    def test_keep_best_loss_is_min(self, tree: KaggleTree) -> None:
+        """keep_best with a loss name keeps the lowest value, not the highest."""
+        losses = [0.3, 0.9, 0.5, 0.6, 0.7]
+        for epoch, loss in enumerate(losses, start=1):
+            _save(
+                tree,
+                f"checkpoint_{epoch:04d}.pth",
+                epoch,
+                metrics={"val_loss": loss},
+                keep_last=2,
+                keep_best="val_loss",
+            )
+        assert _names(tree.checkpoints) == {
+            "checkpoint_0001.pth",
+            "checkpoint_0004.pth",
+            "checkpoint_0005.pth",
+        }
+
+    def test_other_files_untouched(self, tree: KaggleTree) -> None:
+        """Other series, other folders and the inputs are never rotated."""
+        others = [
+            "working/checkpoints/best_0001.pth",
+            "working/checkpoints/checkpoint_0001.pt",
+            "working/checkpoints/run2/checkpoint_0001.pth",
+            "working/checkpoint_0001.pth",
+            "input/run/checkpoints/checkpoint_0001.pth",
+        ]
+        for rel in others:
+            tree.put(rel, epoch=0)
+        tree.put_bytes("working/checkpoints/notes.txt", b"keep me")
+        before = snapshot(tree.root)
+        for epoch in (1, 2, 3):
+            _save(tree, f"checkpoint_{epoch:04d}.pth", epoch, keep_last=1)
+        after = snapshot(tree.root)
+        for rel in [*others, "working/checkpoints/notes.txt"]:
+            assert after[rel] == before[rel], rel
+        assert _names(tree.checkpoints, "checkpoint_*.pth") == {"checkpoint_0003.pth"}
+
+    @pytest.mark.parametrize("where", ["working", "elsewhere"])
+    def test_outside_checkpoint_folder_not_rotated(
+        self, tree: KaggleTree, tmp_path: Path, where: str
+    ) -> None:
+        """keep_last rotates nothing outside root/working/checkpoints."""
+        folder = tree.working if where == "working" else tmp_path / "elsewhere"
+        for epoch in (1, 2, 3):
+            kr.save_checkpoint(
+                folder / f"checkpoint_{epoch}.pth",
+                model=make_model(),
+                epoch=epoch,
+                root=tree.root,
+                keep_last=1,
+            )
+        assert _names(folder) == {f"checkpoint_{e}.pth" for e in (1, 2, 3)}
+
+    @pytest.mark.parametrize("keep_last", [0, -1])
+    def test_keep_last_below_one_refused(
+        self, tree: KaggleTree, keep_last: int
+    ) -> None:
+        """keep_last below 1 is refused before anything is written or removed."""
+        tree.put("working/checkpoints/checkpoint_0001.pth", epoch=1)
+        before = snapshot(tree.root)
+        with pytest.raises(ValueError, match="keep_last"):
+            _save(tree, "checkpoint_0002.pth", 2, keep_last=keep_last)
+        assert snapshot(tree.root) == before
+
+
+# --- output budget -----------------------------------------------------------
+
+
+class TestBudget:
+    def _padded_series(
+        self, tree: KaggleTree, accuracies: tuple[float | None, ...] = (None,) * 3
+    ) -> int:
+        """Save checkpoint_0001..3, each about 2 MB; return working's bytes."""
+        for epoch, accuracy in enumerate(accuracies, start=1):
+            _save(
+                tree,
+                f"checkpoint_{epoch:04d}.pth",
+                epoch,
+                extra=_pad(),
+                accuracy=accuracy,
+                budget=None,
+            )
+        return _bytes_under(tree.working)
+
+    def test_default_budget_is_20_gb(self) -> None:
+        """save_checkpoint's budget defaults to Kaggle's 20 GB."""
+        default = inspect.signature(kr.save_checkpoint).parameters["budget"].default
+        assert default == 20 * 1000**3
+
+    def test_frees_oldest_of_series_first(self, tree: KaggleTree) -> None:
+        """Over the budget with keep_last, the oldest file of the series goes."""
+        used = self._padded_series(tree)
+        budget = used + 256 * 1024  # the next save needs about 1 MB more
+        _save(tree, "checkpoint_0004.pth", 4, keep_last=10, budget=budget)
+        assert _names(tree.checkpoints) == {
+            "checkpoint_0002.pth",
+            "checkpoint_0003.pth",
+            "checkpoint_0004.pth",
+        }
+        assert _bytes_under(tree.working) <= budget
+
+    def test_best_is_not_freed(self, tree: KaggleTree) -> None:
+        """The best file by keep_best survives the budget; the next oldest goes."""
+        used = self._padded_series(tree, (0.95, 0.5, 0.6))
+        _save(
+            tree,
+            "checkpoint_0004.pth",
+            4,
+            accuracy=0.4,
+            keep_last=10,
+            keep_best="accuracy",
+            budget=used + 256 * 1024,
+        )
+        assert _names(tree.checkpoints) == {
+            "checkpoint_0001.pth",
+            "checkpoint_0003.pth",
+            "checkpoint_0004.pth",
+        }
+
+    def test_without_keep_last_raises_before_writing(self, tree: KaggleTree) -> None:
+        """Without keep_last, passing the budget raises ENOSPC and changes nothing."""
+        used = self._padded_series(tree)
+        before = snapshot(tree.root)
+        with pytest.raises(OSError, match="budget") as caught:
+            _save(tree, "checkpoint_0004.pth", 4, budget=used + 256 * 1024)
+        assert caught.value.errno == errno.ENOSPC
+        assert "keep_last" in str(caught.value)
+        assert snapshot(tree.root) == before
+
+    def test_raises_when_freeing_cannot_fit(self, tree: KaggleTree) -> None:
+        """When removing the series' old files cannot make room, none is removed."""
+        tree.put_bytes("working/data/train.bin", b"\0" * 3_000_000)
+        for epoch in (1, 2):
+            _save(tree, f"checkpoint_{epoch:04d}.pth", epoch, budget=None)
+        budget = _bytes_under(tree.working) + 256 * 1024
+        before = snapshot(tree.root)
+        with pytest.raises(OSError, match="budget") as caught:
+            _save(tree, "checkpoint_0003.pth", 3, keep_last=1, budget=budget)
+        assert caught.value.errno == errno.ENOSPC
+        assert snapshot(tree.root) == before
+
+    def test_replaced_file_counts_once(self, tree: KaggleTree) -> None:
+        """The file a save replaces is not counted on top of the new one."""
+        old = _save(tree, "checkpoint.pth", 1, extra=_pad(), budget=None)
+        budget = old.stat().st_size + (1 << 20) + 128 * 1024
+        with pytest.raises(OSError, match="budget"):
+            _save(tree, "other.pth", 2, extra=_pad(), budget=budget)
+        _save(tree, "checkpoint.pth", 2, extra=_pad(), budget=budget)
+        assert kr.get_checkpoint_info(old).epoch == 2
+        assert _names(tree.checkpoints) == {"checkpoint.pth"}
+
+    def test_budget_none_disables(self, tree: KaggleTree) -> None:
+        """budget=None saves whatever working already holds."""
+        tree.put_bytes("working/data/train.bin", b"\0" * 100_000)
+        with pytest.raises(OSError, match="budget"):
+            _save(tree, "checkpoint.pth", 1, budget=50_000)
+        path = _save(tree, "checkpoint.pth", 1, budget=None)
+        assert kr.get_checkpoint_info(path).is_valid
+
+
+# --- publish -----------------------------------------------------------------
+
+
+def _metadata(folder: Path) -> Any:
+    """The dataset-metadata.json in folder, parsed."""
+    return json.loads((folder / "dataset-metadata.json").read_text())
+
+
+BAD_DATASETS = [
+    ("alice/abcde", r"6 to 50", "too-short"),
+    ("alice/" + "a" * 51, r"6 to 50", "too-long"),
+    ("alice/My-Run-01", r"lowercase", "uppercase"),
+    ("alice/my_run_01", r"lowercase", "underscore"),
+    ("alice/-my-run-01", r"starting", "leading-hyphen"),
+    ("alice/my-run-01-", r"ending", "trailing-hyphen"),
+    ("alice/my--run-01", r"single hyphens", "double-hyphen"),
+    ("my-run-01", r"OWNER/SLUG", "no-owner"),
+    ("/my-run-01", r"user name", "empty-owner"),
+    ("alice/my/run-01", r"OWNER/SLUG", "extra-slash"),
+]
+
+
+class TestPublish:
+    def test_metadata_content(self, tree: KaggleTree) -> None:
+        """publish writes title, id and licence into dataset-metadata.json."""
+        _save(tree, "checkpoint.pth", 3)
+        kr.publish("alice/my-run-01", root=tree.root)
+        meta = _metadata(tree.checkpoints)
+        assert set(meta) == {"title", "id", "licenses"}
+        assert meta["id"] == "alice/my-run-01"
+        assert meta["licenses"] == [{"name": "CC0-1.0"}]
+        assert isinstance(meta["title"], str) and 6 <= len(meta["title"]) <= 50
+
+    def test_title_given(self, tree: KaggleTree) -> None:
+        """A title passed in is written as it is."""
+        _save(tree, "checkpoint.pth", 3)
+        kr.publish("alice/my-run-01", title="Run one of many", root=tree.root)
+        assert _metadata(tree.checkpoints)["title"] == "Run one of many"
+
+    def test_exact_commands(self, tree: KaggleTree) -> None:
+        """The create and version commands name the folder (-p) and message (-m)."""
+        folder = tree.working / "my out"
+        kr.save_checkpoint(
+            folder / "checkpoint.pth", model=make_model(), epoch=3, root=tree.root
+        )
+        message = "epoch 3, val_loss 0.25"
+        commands = kr.publish(
+            "alice/my-run-01", message=message, folder=folder, root=tree.root
+        )
+        quoted = shlex.quote(str(folder))
+        assert commands == [
+            f"kaggle datasets create -p {quoted}",
+            f"kaggle datasets version -p {quoted} -m {shlex.quote(message)}",
+        ]
+        assert shlex.split(commands[1]) == [
+            "kaggle",
+            "datasets",
+            "version",
+            "-p",
+            str(folder),
+            "-m",
+            message,
+        ]
+        assert _metadata(folder)["id"] == "alice/my-run-01"
+
+    def test_default_folder_and_message(self, tree: KaggleTree) -> None:
+        """By default root/working/checkpoints goes up, noted with the newest epoch."""
+        _save(tree, "checkpoint_0003.pth", 3)
+        _save(tree, "checkpoint_0007.pth", 7)
+        create, version = kr.publish("alice/my-run-01", root=tree.root)
+        assert shlex.split(create)[-1] == str(tree.checkpoints)
+        words = shlex.split(version)
+        assert words[words.index("-p") + 1] == str(tree.checkpoints)
+        assert re.search(r"\b7\b", words[words.index("-m") + 1])
+
+    def test_dir_mode_zip_with_subfolders(self, tree: KaggleTree) -> None:
+        """A folder with subfolders is uploaded with --dir-mode zip."""
+        _save(tree, "checkpoint.pth", 3)
+        flat = kr.publish("alice/my-run-01", message="m", root=tree.root)
+        assert not any("--dir-mode" in command for command in flat)
+        tree.put("working/checkpoints/run2/checkpoint.pth", epoch=1)
+        nested = kr.publish("alice/my-run-01", message="m", root=tree.root)
+        for command in nested:
+            words = shlex.split(command)
+            assert words[words.index("--dir-mode") + 1] == "zip"
+
+    @pytest.mark.parametrize(
+        ("dataset", "reason"),
+        [case[:2] for case in BAD_DATASETS],
+        ids=[case[2] for case in BAD_DATASETS],
+    )
+    def test_bad_dataset_refused(
+        self, tree: KaggleTree, dataset: str, reason: str
+    ) -> None:
+        """A dataset name Kaggle would refuse raises ValueError saying why."""
+        _save(tree, "checkpoint.pth", 3)
+        with pytest.raises(ValueError, match=reason):
+            kr.publish(dataset, root=tree.root)
+        assert not (tree.checkpoints / "dataset-metadata.json").exists()
+
+    @pytest.mark.parametrize("slug", ["abcdef", "a" * 50, "a1-b2-c3"])
+    def test_slug_limits_accepted(self, tree: KaggleTree, slug: str) -> None:
+        """Slugs of 6 and 50 characters, digits and single hyphens are accepted."""
+        _save(tree, "checkpoint.pth", 3)
+        kr.publish(f"alice_b-1/{slug}", title="A fine title", root=tree.root)
+        assert _metadata(tree.checkpoints)["id"] == f"alice_b-1/{slug}"
+
+    def test_folder_under_input_refused(self, tree: KaggleTree) -> None:
+        """A folder under the read-only root/input is refused."""
+        folder = tree.put("input/run/checkpoint.pth", epoch=3).parent
+        with pytest.raises(ValueError, match="read-only"):
+            kr.publish("alice/my-run-01", folder=folder, root=tree.root)
+        assert not (folder / "dataset-metadata.json").exists()
+
+    def test_missing_folder(self, tree: KaggleTree) -> None:
+        """A folder that does not exist raises FileNotFoundError."""
+        with pytest.raises(FileNotFoundError, match="checkpoint"):
+            kr.publish("alice/my-run-01", folder=tree.working / "nope", root=tree.root)
+
+    def test_existing_metadata_kept_as_backup(self, tree: KaggleTree) -> None:
+        """A different dataset-metadata.json is kept under a backup name."""
+        _save(tree, "checkpoint.pth", 3)
+        old = '{"id": "bob/old-run-99", "title": "Old run 99"}\n'
+        (tree.checkpoints / "dataset-metadata.json").write_text(old)
+        kr.publish("alice/my-run-01", root=tree.root)
+        assert _metadata(tree.checkpoints)["id"] == "alice/my-run-01"
+        backups = list(tree.checkpoints.glob("dataset-metadata.json?*"))
+        assert [b.read_text() for b in backups] == [old]
+        kr.publish("alice/my-run-01", root=tree.root)  # same content: no backup
+        assert list(tree.checkpoints.glob("dataset-metadata.json?*")) == backups
+
+    def test_cli_prints_commands(self, tree: KaggleTree) -> None:
+        """publish on the command line prints both commands and exits 0."""
+        _save(tree, "checkpoint.pth", 3)
+        proc = run_cli(
+            "publish",
+            "--dataset",
+            "alice/my-run-01",
+            "--message",
+            "first run",
+            "--root",
+            str(tree.root),
+        )
+        assert proc.returncode == 0, proc.stderr
+        quoted = shlex.quote(str(tree.checkpoints))
+        assert f"kaggle datasets create -p {quoted}" in proc.stdout
+        version = f"kaggle datasets version -p {quoted} -m 'first run'"
+        assert version in proc.stdout
+        assert _metadata(tree.checkpoints)["id"] == "alice/my-run-01"
+
+    def test_cli_bad_slug(self, tree: KaggleTree) -> None:
+        """A bad slug on the command line exits 2 with the reason."""
+        _save(tree, "checkpoint.pth", 3)
+        root = str(tree.root)
+        proc = run_cli("publish", "--dataset", "alice/My_Run", "--root", root)
+        assert proc.returncode == 2
+        assert "My_Run" in proc.stderr and "lowercase" in proc.stderr
+        assert not (tree.checkpoints / "dataset-metadata.json").exists()
+
+
+# --- notebook display ----------------------------------------------------------
+
+
+class _TableParser(HTMLParser):
+    """Collect the header cells and the rows of an HTML table."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.header: list[str] = []
+        self.rows: list[tuple[dict[str, str | None], list[str]]] = []
+        self.paragraphs: list[str] = []
+        self._cell: list[str] | None = None
+        self._in_p = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "tr":
+            self.rows.append((dict(attrs), []))
+        elif tag in ("td", "th"):
+            self._cell = []
+        elif tag == "p":
+            self._in_p = True
+            self.paragraphs.append("")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("td", "th") and self._cell is not None:
+            text = "".join(self._cell)
+            (self.header if tag == "th" else self.rows[-1][1]).append(text)
+            self._cell = None
+        elif tag == "p":
+            self._in_p = False
+
+    def handle_data(self, data: str) -> None:
+        if self._cell is not None:
+            self._cell.append(data)
+        elif self._in_p:
+            self.paragraphs[-1] += data
+
+
+def _parse(markup: str) -> _TableParser:
+    """Parse markup; drop the header row from rows."""
+    parser = _TableParser()
+    parser.feed(markup)
+    parser.close()
+    parser.rows = [(attrs, cells) for attrs, cells in parser.rows if cells]
+    return parser
+
+
+def _odd_tree(tree: KaggleTree) -> Path:
+    """Two working files (the newer epoch wins) and an odd-named bad input."""
+    tree.put("working/checkpoints/alpha.pth", epoch=3, accuracy=0.5)
+    tree.put("working/checkpoints/bravo.pth", epoch=5, accuracy=0.625)
+    tree.put("input/r&d/a<b>.pth", epoch=7, cfg=collections.defaultdict(int))
+    tree.put("input/run/charlie.pth", epoch=9, accuracy=1.7)
+    return tree.checkpoints / "bravo.pth"
+
+
+def _lightning(path: Path) -> Path:
+    """Write a minimal PyTorch Lightning checkpoint."""
+    model = make_model()
+    checkpoint = {
+        "pytorch-lightning_version": "2.6.0",
+        "state_dict": model.state_dict(),
+        "optimizer_states": [],
+        "epoch": 2,
+        "global_step": 30,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(checkpoint, path)
+    return path
+
+
+class TestDisplay:
+    def test_candidates_html_rows(self, tree: KaggleTree) -> None:
+        """_repr_html_ has one row per candidate and the issue's columns."""
+        _odd_tree(tree)
+        best, _, candidates = kr.find_best_checkpoint_across_sources(root=tree.root)
+        table = _parse(candidates._repr_html_())
+        assert len(table.rows) == len(candidates) == 4
+        for column in (
+            "location",
+            "epoch",
+            "step",
+            "accuracy",
+            "size",
+            "valid",
+            "reason",
+        ):
+            assert column in table.header
+        where = table.header.index("location")
+        shown = sorted(cells[where].rsplit("/", 1)[-1] for _, cells in table.rows)
+        assert shown == sorted(c.path.name for c in candidates)
+
+    def test_chosen_row_marked(self, tree: KaggleTree) -> None:
+        """Only the chosen candidate's row is marked."""
+        chosen = _odd_tree(tree)
+        best, _, candidates = kr.find_best_checkpoint_across_sources(root=tree.root)
+        assert best == chosen
+        table = _parse(candidates._repr_html_())
+        where = table.header.index("location")
+        marked = [
+            cells[where]
+            for attrs, cells in table.rows
+            if "✔" in cells or "bold" in (attrs.get("style") or "")
+        ]
+        assert len(marked) == 1 and marked[0].endswith("bravo.pth")
+        for attrs, cells in table.rows:
+            is_chosen = cells[where].endswith("bravo.pth")
+            assert ("✔" in cells) == is_chosen
+            assert ("bold" in (attrs.get("style") or "")) == is_chosen
+
+    def test_html_escapes_names_and_reasons(self, tree: KaggleTree) -> None:
+        """A path with < and & is escaped in the location and in the reason."""
+        _odd_tree(tree)
+        _, _, candidates = kr.find_best_checkpoint_across_sources(root=tree.root)
+        markup = candidates._repr_html_()
+        assert "a<b>" not in markup and "r&d" not in markup
+        assert "r&amp;d/a&lt;b&gt;.pth" in markup
+        table = _parse(markup)
+        reason = table.header.index("reason")
+        odd = [cells for _, cells in table.rows if "a<b>" in "".join(cells)]
+        assert len(odd) == 1
+        assert "a<b>.pth" in odd[0][reason]  # the reason names the path
+        assert "defaultdict" in odd[0][reason]
+        tags = re.findall(r"</?([a-zA-Z]+)", markup)
+        assert set(tags) <= {"table", "thead", "tbody", "tr", "th", "td"}
+
+    def test_candidates_plain_table(self, tree: KaggleTree) -> None:
+        """str() is a plain table: a header, one line per candidate, no markup."""
+        _odd_tree(tree)
+        _, _, candidates = kr.find_best_checkpoint_across_sources(root=tree.root)
+        text = str(candidates)
+        lines = text.splitlines()
+        assert len(lines) == 1 + len(candidates)
+        assert "location" in lines[0] and "reason" in lines[0]
+        assert "<td" not in text and "&amp;" not in text
+        for name in ("alpha.pth", "bravo.pth", "a<b>.pth", "charlie.pth"):
+            assert sum(name in line for line in lines[1:]) == 1, name
+        chosen = next(line for line in lines[1:] if "bravo.pth" in line)
+        others = [line for line in lines[1:] if "bravo.pth" not in line]
+        assert chosen.split()[0] not in {line.split()[0] for line in others}
+        assert "Invalid accuracy" in text
+
+    def test_resume_state_display(self, tree: KaggleTree) -> None:
+        """ResumeState renders the candidates and the decision, in HTML and text."""
+        _odd_tree(tree)
+        state = kr.resume(make_model(), root=tree.root, verbose=False)
+        assert state.resumed and state.start_epoch == 6
+        page = _parse(state._repr_html_())
+        assert len(page.rows) == len(state.candidates) == 4
+        decision = " ".join(page.paragraphs)
+        assert "bravo.pth" in decision and re.search(r"\b6\b", decision)
+        text = str(state)
+        assert "alpha.pth" in text and "charlie.pth" in text
+        assert re.search(r"epoch 6\b", text)
+        assert "<td" not in text
+
+    def test_fresh_state_display(self, tree: KaggleTree) -> None:
+        """A fresh start says so in both renderings."""
+        tree.put("input/run/charlie.pth", epoch=9, accuracy=1.7)
+        state = kr.resume(make_model(), root=tree.root, verbose=False)
+        assert not state.resumed
+        page = _parse(state._repr_html_())
+        assert re.search(r"fresh", " ".join(page.paragraphs), re.I)
+        assert len(page.rows) == 1
+        assert re.search(r"fresh", str(state), re.I)
+        assert "Invalid accuracy" in str(state)
+
+    def test_state_shows_session_time_left(self, tree: KaggleTree) -> None:
+        """With a limited clock the decision tells the session time left."""
+        ticker = _Ticker()
+        clock = kr.SessionClock(5 * HOUR, start=ticker.now - HOUR, clock=ticker)
+        limited = kr.ResumeState(clock=clock, root=tree.root)
+        assert re.search(r"4\.0 ?h", str(limited))
+        assert re.search(r"4\.0 ?h", limited._repr_html_())
+        unlimited = kr.ResumeState(clock=kr.SessionClock(clock=ticker), root=tree.root)
+        assert not re.search(r"time left", str(unlimited), re.I)
+
+    def test_no_format_column_for_torch_only(self, tree: KaggleTree) -> None:
+        """Plain torch candidates get no format column."""
+        tree.put("working/checkpoints/alpha.pth", epoch=3)
+        tree.put("input/run/bravo.pth", epoch=4)
+        _, _, candidates = kr.find_best_checkpoint_across_sources(root=tree.root)
+        assert "format" not in _parse(candidates._repr_html_()).header
+        assert "format" not in str(candidates).splitlines()[0]
+
+    def test_format_column_when_mixed(self, tree: KaggleTree) -> None:
+        """Mixed formats add a format column naming each one."""
+        tree.put("working/checkpoints/alpha.pth", epoch=3)
+        _lightning(tree.input / "run" / "bravo.ckpt")
+        _, _, candidates = kr.find_best_checkpoint_across_sources(root=tree.root)
+        table = _parse(candidates._repr_html_())
+        assert "format" in table.header
+        where = table.header.index("format")
+        formats = sorted(cells[where] for _, cells in table.rows)
+        assert formats == ["lightning", "torch"]
+        lines = str(candidates).splitlines()
+        assert "format" in lines[0]
+        assert any("bravo.ckpt" in line and "lightning" in line for line in lines)
+
+
+# --- copy progress -------------------------------------------------------------
+
+
+class _FakeBar:
+    """Records what a tqdm bar is told."""
+
+    made: ClassVar[list[_FakeBar]] = []
+
+    def __init__(self, *args: Any, total: int | None = None, **kwargs: Any) -> None:
+        self.total = total
+        self.updates: list[int] = []
+        self.closed = False
+        _FakeBar.made.append(self)
+
+    def update(self, count: int = 1) -> None:
+        self.updates.append(count)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@pytest.fixture
+def fake_tqdm(monkeypatch: pytest.MonkeyPatch) -> list[_FakeBar]:
+    """Make `import tqdm.auto` give a module whose bars are recorded."""
+    package = types.ModuleType("tqdm")
+    auto = types.ModuleType("tqdm.auto")
+    auto.tqdm = _FakeBar  # type: ignore[attr-defined]
+    package.auto = auto  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "tqdm", package)
+    monkeypatch.setitem(sys.modules, "tqdm.auto", auto)
+    monkeypatch.setattr(_FakeBar, "made", [])
+    return _FakeBar.made
+
+
+def _big_input(tree: KaggleTree, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An input checkpoint well above a lowered progress threshold."""
+    monkeypatch.setattr(kr, "_PROGRESS_BYTES", 4096)
+    monkeypatch.setattr(kr, "_SEND_BYTES", 64 * 1024)
+    return tree.put(
+        "input/run/big.pth", epoch=3, pad=torch.arange(200_000, dtype=torch.float32)
+    )
+
+
+class TestCopyProgress:
+    def test_tqdm_bar_updates(
+        self,
+        tree: KaggleTree,
+        monkeypatch: pytest.MonkeyPatch,
+        fake_tqdm: list[_FakeBar],
+    ) -> None:
+        """With tqdm.auto importable, one bar gets updates summing to the size."""
+        src = _big_input(tree, monkeypatch)
+        size = src.stat().st_size
+        dst = kr.copy_checkpoint_to_working(src, root=tree.root)
+        assert len(fake_tqdm) == 1
+        bar = fake_tqdm[0]
+        assert bar.total == size
+        assert sum(bar.updates) == size and len(bar.updates) > 1
+        assert bar.closed
+        assert dst.read_bytes() == src.read_bytes()
+
+    def test_log_lines_without_tqdm(
+        self,
+        tree: KaggleTree,
+        monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        """Without tqdm the copy logs a few INFO progress lines up to 100%."""
+        monkeypatch.setitem(sys.modules, "tqdm", None)
+        monkeypatch.setitem(sys.modules, "tqdm.auto", None)
+        src = _big_input(tree, monkeypatch)
+        caplog.set_level(logging.INFO, logger="kaggle_resume")
+        dst = kr.copy_checkpoint_to_working(src, root=tree.root)
+        progress = [
+            r.getMessage()
+            for r in caplog.records
+            if r.name.startswith("kaggle_resume")
+            and r.levelno == logging.INFO
+            and re.search(r"\d+\s*%", r.getMessage())
+        ]
+        assert 2 <= len(progress) <= 12, progress
+        assert re.search(r"\b100\s*%", progress[-1])
+        assert all("big.pth" in message for message in progress)
+        assert dst.read_bytes() == src.read_bytes()
+
+    def test_small_copy_shows_no_progress(
+        self, tree: KaggleTree, fake_tqdm: list[_FakeBar]
+    ) -> None:
+        """A copy below the threshold makes no bar and is still identical."""
+        src = tree.put("input/run/small.pth", epoch=3)
+        dst = kr.copy_checkpoint_to_working(src, root=tree.root)
+        assert fake_tqdm == []
+        assert dst.read_bytes() == src.read_bytes()
+
+    def test_resume_copy_with_progress(
+        self,
+        tree: KaggleTree,
+        monkeypatch: pytest.MonkeyPatch,
+        fake_tqdm: list[_FakeBar],
+    ) -> None:
+        """resume() copies a big input with a bar and loads the identical copy."""
+        src = _big_input(tree, monkeypatch)
+        state = kr.resume(make_model(), root=tree.root, verbose=False)
+        assert state.resumed and state.start_epoch == 4
+        assert state.path is not None and state.path.read_bytes() == src.read_bytes()
+        assert sum(bar.total or 0 for bar in fake_tqdm) >= src.stat().st_size
+
+
+# --- demo ----------------------------------------------------------------------
+
+
+class TestSessionDemo:
+    def test_demo_clock_and_publish(self, tmp_path: Path) -> None:
+        """The demo stops each session by the clock and prints publish commands."""
+        proc = run_cli("demo", "--root", str(tmp_path / "demo"))
+        assert proc.returncode == 0, proc.stderr
+        sections = re.split(r"\n(?==+ *session)", proc.stdout, flags=re.I)[1:]
+        assert len(sections) == 3, proc.stdout
+        for section in sections:
+            assert re.search(r"h left.*stop", section, re.I), section
+        for before, after in itertools.pairwise(sections):
+            last = max(int(n) for n in re.findall(r"epoch (\d+)", before))
+            resumed = re.search(r"resumed at epoch (\d+)", after, re.I)
+            assert resumed is not None and int(resumed.group(1)) == last + 1
+        creates = re.findall(r"kaggle datasets create -p \S+", proc.stdout)
+        versions = re.findall(r"kaggle datasets version -p \S+ -m \S+", proc.stdout)
+        assert len(creates) >= 2 and len(versions) >= 2
+        kept = list((tmp_path / "demo" / "working" / "checkpoints").glob("*.pth"))
+        assert 1 <= len(kept) <= 3  # keep_last=2, plus the best

@@ -1115,6 +1115,11 @@ def _print_header(info: dict[str, Any], sizes: Sizes, folder: Path) -> None:
     print(f"  kaggle_resume {info['kaggle_resume']}, git {info['git']}")
     load = ", ".join(f"{value:.2f}" for value in info["load_average"])
     print(f"  load average at start: {load}")
+    if info["load_average"][0] > 0.5 * (info["cores"] or 1):
+        print(
+            "  NOTE: the machine is busy: other processes share its CPUs and "
+            "disk, so\n  times vary more (A and B alternate, so both see it)"
+        )
     print(f"  fixtures in {folder} ({_filesystem(folder)})")
     print(
         f"  model: {sizes.tensors} tensors of {sizes.numel:,} float32 + Adam; "
