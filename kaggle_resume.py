@@ -30,7 +30,6 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import errno
-import filecmp
 import fnmatch
 import functools
 import glob
@@ -79,7 +78,21 @@ __all__ = [
 __version__ = "0.1.0"
 
 _log = logging.getLogger("kaggle_resume")
-_log.addHandler(logging.NullHandler())
+_log.addHandler(logging.NullHandler())  # silent unless the user configures logging
+
+
+class _PathsAsText(logging.Filter):
+    """Log paths as plain quoted text, whatever bytes their names hold."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                _show(arg) if isinstance(arg, Path) else arg for arg in record.args
+            )
+        return True
+
+
+_log.addFilter(_PathsAsText())
 
 
 # --- Constants -------------------------------------------------------------
@@ -125,20 +138,20 @@ _LAYOUTS = {
 }
 _SKIPPED_LAYOUTS = frozenset({"competitions"})
 _HF_FOLDER = re.compile(r"checkpoint-\d+")  # a Hugging Face Trainer checkpoint
+_BACKUP = re.compile(r"\.bak-\d{8}-\d{6}(?:-\d+)?$")  # what a copy displaced
 _VERSION = re.compile(r"[/\\]versions[/\\](\d+)(?:[/\\]|$)")  # kagglehub's cache
 
 _TEMP_SUFFIX = ".partial"
 _PROGRESS_BYTES = 256 * 1000**2  # copies bigger than this show progress
 _SEND_BYTES = 64 * 1024**2
 _BUDGET_BYTES = 20 * 1000**3  # Kaggle keeps at most 20 GB of /kaggle/working
-# Modules whose functions run code: a checkpoint that names them is hostile.
+# Names that run code: a checkpoint that calls them is hostile.
 _CODE_MODULES = frozenset(
     {
         "os",
         "posix",
         "nt",
         "subprocess",
-        "builtins",
         "sys",
         "shutil",
         "socket",
@@ -147,9 +160,14 @@ _CODE_MODULES = frozenset(
         "pty",
         "code",
         "pickle",
+        "marshal",
         "webbrowser",
         "ctypes",
     }
+)
+_CODE_BUILTINS = frozenset(
+    {"eval", "exec", "compile", "open", "getattr", "setattr", "delattr"}
+    | {"__import__", "globals", "locals", "vars", "input", "breakpoint"}
 )
 _CHUNK = 1 << 20
 
@@ -287,11 +305,12 @@ def _walk(
                             limit,
                         )
                         break
-                    if entry.name.startswith("."):
-                        continue
+                    if entry.name.startswith(".") or _BACKUP.search(entry.name):
+                        continue  # hidden, a temporary file, or a kept backup
                     try:
                         if match(entry.name):
-                            if inside or depth == 0:
+                            hf = _HF_FOLDER.fullmatch(entry.name) and entry.is_dir()
+                            if inside or depth == 0 or hf:
                                 found.append(Path(entry.path))
                         elif not entry.is_dir():
                             continue
@@ -519,20 +538,44 @@ def _refused_class(message: str) -> str | None:
     return found.group(1) if found else None
 
 
+def _runs_code(name: str) -> bool:
+    module, _, attr = name.rpartition(".")
+    top = module.split(".", 1)[0]
+    return attr in _CODE_BUILTINS if top == "builtins" else top in _CODE_MODULES
+
+
+def _refused_names(path: Path, first: str) -> list[str]:
+    """Every name weights_only loading refuses in the file, the first one first."""
+    names = [first]
+    try:  # reads the pickle's opcodes; runs nothing
+        found = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # a legacy file, or one torch cannot scan: the first will do
+        found = []
+    allowed = {"numpy.core.multiarray.scalar"}
+    for item in _numpy_globals():
+        if not isinstance(item, tuple):
+            allowed.add(f"{item.__module__}.{item.__qualname__}")
+    names += [n for n in found if n not in allowed and n != first]
+    return names
+
+
 def _explain_load_error(path: Path, error: BaseException) -> str:
     """A one-line reason for a failed torch.load, saying what to do."""
     message = str(error)
     refused = _refused_class(message)
     if isinstance(error, pickle.UnpicklingError) and refused:
-        if refused.split(".", 1)[0] in _CODE_MODULES:
+        names = _refused_names(path, refused)
+        hostile = [name for name in names if _runs_code(name)]
+        if hostile:
             return (
-                f"Load error: the checkpoint calls {refused!r}, which would run "
+                f"Load error: the checkpoint calls {hostile[0]!r}, which would run "
                 "code on your machine; it was not run, and this file is unsafe: "
                 "do not load it"
             )
-        short = refused.rsplit(".", 1)[-1]
+        shown = ", ".join(repr(name) for name in names)
+        short = ", ".join(name.rsplit(".", 1)[-1] for name in names)
         return (
-            f"Load error: the checkpoint holds {refused!r}, which weights_only "
+            f"Load error: the checkpoint holds {shown}, which weights_only "
             f"loading refuses; if you trust {_show(path)!r}, pass "
             f"safe_globals=[{short}] (or trusted=True)"
         )
@@ -804,10 +847,11 @@ def _summarize(obj: Any) -> _Summary:
             f"Not a checkpoint dict: the file holds a {type(obj).__name__}; save "
             "a dict with 'epoch' and 'model_state_dict' (see save_checkpoint)"
         )
+    judged = {"epoch", *_STEP_KEYS, "accuracy", *ACCURACY_ALIASES}
     scalars = {
         str(key): value
         for key, value in obj.items()
-        if not isinstance(value, (Mapping, list, tuple))
+        if key in judged or not isinstance(value, (Mapping, list, tuple))
     }
     found = obj.get("metrics")
     metrics = dict(found) if isinstance(found, Mapping) else {}
@@ -886,17 +930,21 @@ def _judge(
             info.step = step
             break
 
-    sources = [scalars, summary.metrics]
-    names = ("accuracy", *ACCURACY_ALIASES)
-    for name, where in ((n, w) for n in names for w in sources):
-        if name not in where:
+    # "accuracy" at the top, then in "metrics"; then the aliases, likewise.
+    places = [("accuracy", scalars), ("accuracy", summary.metrics)]
+    places += [(alias, scalars) for alias in ACCURACY_ALIASES]
+    places += [(alias, summary.metrics) for alias in ACCURACY_ALIASES]
+    for name, where in places:
+        if where.get(name) is None:  # absent, or stored as None
             continue
         raw = where[name]
         accuracy = _scalar(raw)
         if accuracy is None or not math.isfinite(accuracy) or not 0 <= accuracy <= 1:
             hint = ""
             if accuracy is not None and 1 < accuracy <= 100:
-                hint = f"; store a fraction ({accuracy / 100:g} for {accuracy:g}%)"
+                hint = (
+                    f"; if {accuracy:g} means {accuracy:g}%, store {accuracy / 100:g}"
+                )
             return info.reject(
                 f"Invalid accuracy: {raw!r} (accuracy must lie in [0, 1]{hint})"
             )
@@ -1470,7 +1518,7 @@ def _copy(src: Path, root: Path) -> tuple[Path, Path | None, bool]:
     size = src.stat().st_size
     backup = None
     if dst.exists():
-        if dst.stat().st_size == size and filecmp.cmp(src, dst, shallow=False):
+        if dst.stat().st_size == size and _same_bytes(src, dst):
             _log.info("%r is already in working as %r: not copied again", src, dst)
             return dst, None, False
         backup = _backup_name(dst)
@@ -1488,6 +1536,19 @@ def _copy(src: Path, root: Path) -> tuple[Path, Path | None, bool]:
     return dst, backup, True
 
 
+def _same_bytes(a: Path, b: Path) -> bool:
+    """Whether two files hold the same bytes (read now, never from a cache)."""
+    if a.stat().st_size != b.stat().st_size:
+        return False
+    with open(a, "rb") as left, open(b, "rb") as right:
+        while True:
+            chunk = left.read(_CHUNK)
+            if chunk != right.read(_CHUNK):
+                return False
+            if not chunk:
+                return True
+
+
 def _same_tree(a: Path, b: Path) -> bool:
     """Whether two folders hold the same files with the same bytes."""
 
@@ -1496,7 +1557,7 @@ def _same_tree(a: Path, b: Path) -> bool:
 
     left, right = files(a), files(b)
     return left.keys() == right.keys() and all(
-        filecmp.cmp(left[name], right[name], shallow=False) for name in left
+        _same_bytes(left[name], right[name]) for name in left
     )
 
 
@@ -1814,7 +1875,8 @@ def save_checkpoint(
         allowed = keep_last is not None and rotating
         _make_room(dst, base / "working", needed, budget, allowed, keep_best)
     with _atomic_target(dst, needed, "save a checkpoint") as temp:
-        torch.save(checkpoint, temp)
+        with open(temp, "wb") as f:  # a file object: the zip's folder is "archive"
+            torch.save(checkpoint, f)
         with zipfile.ZipFile(temp, "a") as archive:
             data = next(n for n in archive.namelist() if n.endswith("data.pkl"))
             folder = data.rsplit("/", 1)[0]
@@ -2040,6 +2102,28 @@ def _match_keys(saved: Mapping[str, Any], target: Iterable[str]) -> dict[str, An
     return state
 
 
+def _fill_tied(state: dict[str, Any], target: Mapping[str, Any]) -> dict[str, Any]:
+    """Add the names of tied weights a checkpoint left out (lm_head = embeddings).
+
+    Hugging Face saves one tensor for weights the model shares; the model's
+    state dict names it twice. A missing name whose tensor is shared with a
+    saved one gets that saved tensor.
+    """
+    groups: dict[tuple[int, int, tuple[int, ...]], list[str]] = {}
+    for key, value in target.items():
+        if isinstance(value, torch.Tensor) and not value.is_meta and value.numel():
+            pointer = value.untyped_storage().data_ptr()
+            place = (pointer, int(value.storage_offset()), tuple(value.shape))
+            groups.setdefault(place, []).append(key)
+    filled = dict(state)
+    for names in groups.values():
+        present = [name for name in names if name in filled]
+        for name in names:
+            if name not in filled and present:
+                filled[name] = filled[present[0]]
+    return filled
+
+
 def _check_fit(
     checkpoint: Mapping[str, Any],
     model: torch.nn.Module,
@@ -2051,10 +2135,14 @@ def _check_fit(
     if saved is None:
         return "Does not fit the model: no model state dict in the checkpoint"
     target = _unwrap(model).state_dict()
-    state = _match_keys(saved, target)
-
+    state = _fill_tied(_match_keys(saved, target), target)
     missing = sorted(target.keys() - state.keys())
     unexpected = sorted(state.keys() - target.keys())
+    if target and not target.keys() & state.keys():
+        return (
+            "Does not fit the model: no parameter name in common (the "
+            f"checkpoint has {sorted(state)[:3]}, the model {sorted(target)[:3]})"
+        )
     if strict and (missing or unexpected):
         return (
             f"Does not fit the model: {len(missing)} missing keys {missing[:3]}, "
@@ -2087,14 +2175,20 @@ def _verify_zip(path: Path) -> str | None:
     """Check every record's CRC-32; why the file is damaged, or None."""
     if not _is_zip(path):
         return None
+    name = ""
     try:
         with zipfile.ZipFile(path) as archive:
             for member in archive.infolist():
+                name = member.filename.split("/", 1)[-1]
                 with archive.open(member) as record:
                     while record.read(_CHUNK):
                         pass
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
-        return f"Integrity error: {e}; the file is damaged, upload it again"
+        where = f"record {name!r} " if name else ""
+        return (
+            f"Integrity error: {where}fails its check ({type(e).__name__}); the "
+            "file is damaged, save or upload it again"
+        )
     return None
 
 
@@ -2131,7 +2225,8 @@ def _apply(
             return f"Does not fit the {name}: {type(e).__name__}: {e}"
 
     target = _unwrap(model)
-    state = _match_keys(_model_state(checkpoint) or {}, target.state_dict())
+    own = target.state_dict()
+    state = _fill_tied(_match_keys(_model_state(checkpoint) or {}, own), own)
     target.load_state_dict(state, strict=strict)
     rng = checkpoint.get("rng_state")
     if isinstance(rng, Mapping):
@@ -2431,7 +2526,10 @@ def _try_candidate(
     with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
         copying = None
         if copy and not _is_under(src, base / "working"):
-            copying = pool.submit(_copy, src, base)
+            if (base / "working").is_dir():
+                copying = pool.submit(_copy, src, base)
+            else:
+                _log.info("Not copied: %s does not exist", base / "working")
         checking = None
         if verify and src.is_file():
             checking = pool.submit(_verify_zip, src)
@@ -2725,7 +2823,8 @@ def publish(
         temp.write_text(text)
 
     if message is None:
-        newest = _series_order(find_checkpoint_locations(base)["working"])
+        files = _walk(target, _matcher(None), _MAX_DEPTH, set())
+        newest = _series_order(files)
         epoch = next((i.epoch for i in newest if i.epoch is not None), None)
         message = f"epoch {epoch}" if epoch is not None else "checkpoints"
     has_folders = any(entry.is_dir() for entry in target.iterdir())

@@ -14,6 +14,7 @@ import errno
 import filecmp
 import fnmatch
 import hashlib
+import importlib
 import inspect
 import io
 import itertools
@@ -37,7 +38,7 @@ import time
 import types
 import zipfile
 from collections import namedtuple
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any, ClassVar
@@ -1262,6 +1263,11 @@ def _leaf_types(obj: Any) -> set[type]:
     if isinstance(obj, (list, tuple)):
         return set().union(*(_leaf_types(x) for x in obj))
     return {type(obj)}
+
+
+def _allowlist() -> set[str]:
+    """torch's process-wide weights_only allowlist (its order means nothing)."""
+    return set(map(repr, torch.serialization.get_safe_globals()))
 
 
 def _plain_load(path: Path) -> Any:
@@ -2869,7 +2875,7 @@ class TestOddButValid:
         path = tree.input / "run" / "odd.pth"
         path.parent.mkdir(parents=True)
         make(path, saved)
-        before = list(torch.serialization.get_safe_globals())
+        before = _allowlist()
 
         info = kr.get_checkpoint_info(path)
         assert info.is_valid, info.error
@@ -2879,7 +2885,7 @@ class TestOddButValid:
         state = kr.resume(target, root=tree.root, verbose=False)
         assert state.resumed and state.start_epoch == 6
         assert same_state(target.state_dict(), saved.state_dict())
-        assert list(torch.serialization.get_safe_globals()) == before
+        assert _allowlist() == before
 
 
 # --- trust -----------------------------------------------------------------
@@ -2953,10 +2959,10 @@ class TestWeightsOnly:
         caplog.set_level(logging.INFO, logger="kaggle_resume")
         saved = make_model(seed=1)
         path = _config_checkpoint(tree.input / "run" / "config.pth", saved)
-        before = list(torch.serialization.get_safe_globals())
+        before = _allowlist()
 
         assert kr.get_checkpoint_info(path, safe_globals=[MyConfig]).is_valid
-        assert list(torch.serialization.get_safe_globals()) == before
+        assert _allowlist() == before
         assert not kr.get_checkpoint_info(path).is_valid
         target = make_model(seed=2)
         state = kr.resume(
@@ -2965,7 +2971,7 @@ class TestWeightsOnly:
         assert state.resumed and state.start_epoch == 6
         assert state.checkpoint["config"] == MyConfig(lr=0.5)
         assert same_state(target.state_dict(), saved.state_dict())
-        assert list(torch.serialization.get_safe_globals()) == before
+        assert _allowlist() == before
         with pytest.raises(pickle.UnpicklingError, match="MyConfig"):
             torch.load(path, weights_only=True)  # still refused process-wide
         assert all(call.get("weights_only") is True for call in load_calls)
@@ -3082,8 +3088,11 @@ class TestOutOfSpace:
         full = [False]
 
         def filling_save(obj: Any, f: Any, *args: Any, **kwargs: Any) -> None:
-            with open(f, "wb") as out:
-                out.write(b"PK\x03\x04" + bytes(4096))
+            if hasattr(f, "write"):  # torch.save takes a path or a file object
+                f.write(b"PK\x03\x04" + bytes(4096))
+            else:
+                with open(f, "wb") as out:
+                    out.write(b"PK\x03\x04" + bytes(4096))
             full[0] = True
             if failure == "oserror-enospc":
                 raise OSError(errno.ENOSPC, "No space left on device")
@@ -4339,3 +4348,969 @@ class TestSessionDemo:
         assert len(creates) >= 2 and len(versions) >= 2
         kept = list((tmp_path / "demo" / "working" / "checkpoints").glob("*.pth"))
         assert 1 <= len(kept) <= 3  # keep_last=2, plus the best
+
+
+# The fixtures tree and _decoy_root (autouse) are imported so that pytest finds
+# them here; both imports and the file-level noqa go when this file is merged.
+
+REQUIRE_EXTRAS = "KAGGLE_RESUME_REQUIRE_EXTRAS"
+
+
+# --- helpers ---------------------------------------------------------------
+
+
+def require_tool(name: str) -> types.ModuleType:
+    """Import a test-only tool: skip without it, fail when extras are required."""
+    if os.environ.get(REQUIRE_EXTRAS) == "1":
+        try:
+            return importlib.import_module(name)
+        except ImportError as e:
+            pytest.fail(
+                f"{name} does not import ({e}); {REQUIRE_EXTRAS}=1 says the "
+                "test extras must be installed",
+                pytrace=False,
+            )
+    return pytest.importorskip(name)
+
+
+@contextlib.contextmanager
+def kept_rng() -> Iterator[None]:
+    """Leave the torch, numpy and random RNG states as they were."""
+    saved = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng():
+        try:
+            yield
+        finally:
+            random.setstate(saved[0])
+            np.random.set_state(saved[1])
+
+
+def folder_digest(folder: Path) -> dict[str, str]:
+    """The sha256 of every file under folder, by relative path."""
+    return {
+        path.relative_to(folder).as_posix(): hashlib.sha256(
+            path.read_bytes()
+        ).hexdigest()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
+
+
+def visible(folder: Path) -> list[str]:
+    """Names in folder that are not hidden."""
+    return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+
+
+def fail_copy_on(
+    monkeypatch: pytest.MonkeyPatch, number: int, error: BaseException
+) -> list[str]:
+    """Make shutil.copyfile raise error on its number-th call; return the calls."""
+    real = shutil.copyfile
+    calls: list[str] = []
+
+    def copyfile(src: Any, dst: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(os.fspath(src))
+        if len(calls) == number:
+            raise error
+        return real(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(shutil, "copyfile", copyfile)
+    return calls
+
+
+@pytest.fixture(autouse=True)
+def _clean_source_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No extra source comes from the environment unless a test sets one."""
+    monkeypatch.delenv("KAGGLE_RESUME_SOURCES", raising=False)
+    monkeypatch.delenv("KAGGLEHUB_CACHE", raising=False)
+
+
+# --- a real Lightning run --------------------------------------------------
+
+# Added to the real validation loss so that epoch 1 scores best: choosing by
+# val_loss then differs from choosing the latest checkpoint.
+VAL_OFFSETS = {0: 0.5, 1: 0.0, 2: 0.3}
+LIGHTNING_EPOCHS = 3
+
+
+def lightning_module_class(pl: types.ModuleType) -> type:
+    """A LightningModule holding a plain nn.Linear as self.net."""
+
+    class TinyLightning(pl.LightningModule):  # type: ignore[name-defined,misc]
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = nn.Linear(4, 2)
+
+        def training_step(self, batch: Any, index: int) -> torch.Tensor:
+            x, y = batch
+            return nn.functional.mse_loss(self.net(x), y)
+
+        def validation_step(self, batch: Any, index: int) -> None:
+            x, y = batch
+            loss = nn.functional.mse_loss(self.net(x), y)
+            self.log("val_loss", loss + VAL_OFFSETS.get(self.current_epoch, 0.3))
+
+        def configure_optimizers(self) -> Any:
+            optimizer = torch.optim.Adam(self.parameters(), lr=0.05)
+            scheduler = torch.optim.lr_scheduler.StepLR(optimizer, 1, gamma=0.5)
+            return [optimizer], [scheduler]
+
+    return TinyLightning
+
+
+@dataclasses.dataclass
+class LightningRun:
+    """What a real Lightning training left: .ckpt files, and how to go on."""
+
+    pl: types.ModuleType
+    folder: Path
+    module_class: type
+    net_state: dict[str, torch.Tensor]
+    steps_per_epoch: int
+
+    def files(self) -> list[Path]:
+        return sorted(self.folder.glob("*.ckpt"))
+
+    def load(self, path: Path) -> dict[str, Any]:
+        loaded: dict[str, Any] = torch.load(path, weights_only=True)
+        return loaded
+
+    def score(self, path: Path, key: str = "current_score") -> float:
+        """The ModelCheckpoint score stored in a .ckpt file."""
+        callbacks = self.load(path)["callbacks"]
+        (state,) = [v for k, v in callbacks.items() if k.startswith("ModelCheck")]
+        return float(state[key])
+
+    def loaders(self) -> tuple[Any, Any]:
+        gen = torch.Generator().manual_seed(0)
+        data = torch.utils.data.TensorDataset(
+            torch.randn(32, 4, generator=gen), torch.randn(32, 2, generator=gen)
+        )
+        train = torch.utils.data.DataLoader(data, batch_size=8)
+        return train, torch.utils.data.DataLoader(data, batch_size=8)
+
+    def trainer(
+        self, workdir: Path, max_epochs: int, callbacks: Sequence[Any] = ()
+    ) -> Any:
+        checkpoint = self.pl.callbacks.ModelCheckpoint(
+            dirpath=workdir / "ckpt",
+            monitor="val_loss",
+            save_top_k=2,
+            save_last=True,
+        )
+        return self.pl.Trainer(
+            accelerator="cpu",
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            max_epochs=max_epochs,
+            default_root_dir=workdir,
+            callbacks=[checkpoint, *callbacks],
+        )
+
+
+@pytest.fixture(scope="session")
+def lightning_run(tmp_path_factory: pytest.TempPathFactory) -> LightningRun:
+    """Train a LightningModule for 3 epochs; keep its .ckpt files."""
+    pl = require_tool("pytorch_lightning")
+    workdir = tmp_path_factory.mktemp("lightning")
+    with kept_rng():
+        torch.manual_seed(0)
+        run = LightningRun(pl, workdir / "ckpt", lightning_module_class(pl), {}, 0)
+        module = run.module_class()
+        train, val = run.loaders()
+        trainer = run.trainer(workdir, LIGHTNING_EPOCHS)
+        trainer.fit(module, train, val)
+    run.net_state = {k: v.detach().clone() for k, v in module.net.state_dict().items()}
+    run.steps_per_epoch = len(train)
+    return run
+
+
+def lightning_tree(tree: KaggleTree, run: LightningRun, rel: str) -> list[Path]:
+    """Copy the run's .ckpt files to root/rel; return their paths there."""
+    shutil.copytree(run.folder, tree.root / rel)
+    return sorted((tree.root / rel).glob("*.ckpt"))
+
+
+# --- a real Hugging Face Trainer run ---------------------------------------
+
+HF_STEPS = (2, 4, 6, 8)  # save_steps=2, max_steps=8: checkpoint-2 ... checkpoint-8
+
+
+class TokenDataset(torch.utils.data.Dataset):  # type: ignore[type-arg]
+    """A few random token sequences with binary labels, as dicts."""
+
+    def __init__(self, size: int, seed: int) -> None:
+        gen = torch.Generator().manual_seed(seed)
+        self.ids = torch.randint(1, 32, (size, 6), generator=gen)
+        self.labels = torch.randint(0, 2, (size,), generator=gen)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {
+            "input_ids": self.ids[index],
+            "attention_mask": torch.ones(6, dtype=torch.long),
+            "labels": self.labels[index],
+        }
+
+
+@dataclasses.dataclass
+class TrainerRun:
+    """What a real Trainer run left: checkpoint-<step> folders, and how to go on."""
+
+    transformers: types.ModuleType
+    folder: Path
+    config: Any
+
+    def checkpoint(self, step: int) -> Path:
+        return self.folder / f"checkpoint-{step}"
+
+    def state(self, step: int) -> dict[str, Any]:
+        text = (self.checkpoint(step) / "trainer_state.json").read_text()
+        loaded: dict[str, Any] = json.loads(text)
+        return loaded
+
+    def model(self, seed: int = 0) -> Any:
+        with kept_rng():
+            torch.manual_seed(seed)
+            return self.transformers.BertForSequenceClassification(self.config)
+
+    def trainer(
+        self,
+        output_dir: Path,
+        model: Any,
+        max_steps: int,
+        callbacks: Sequence[Any] = (),
+    ) -> Any:
+        args = self.transformers.TrainingArguments(
+            output_dir=str(output_dir),
+            use_cpu=True,
+            report_to=[],
+            save_steps=2,
+            eval_strategy="steps",
+            eval_steps=2,
+            logging_steps=2,
+            disable_tqdm=True,
+            max_steps=max_steps,
+            per_device_train_batch_size=4,
+            per_device_eval_batch_size=4,
+            learning_rate=1e-2,
+            seed=0,
+        )
+        return self.transformers.Trainer(
+            model=model,
+            args=args,
+            train_dataset=TokenDataset(16, 1),
+            eval_dataset=TokenDataset(8, 2),
+            callbacks=list(callbacks),
+        )
+
+
+@pytest.fixture(scope="session")
+def trainer_run(tmp_path_factory: pytest.TempPathFactory) -> TrainerRun:
+    """Train a tiny BERT classifier for 8 steps, saving every 2 steps."""
+    transformers = require_tool("transformers")
+    require_tool("accelerate")
+    config = transformers.BertConfig(
+        vocab_size=32,
+        hidden_size=8,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=16,
+        max_position_embeddings=16,
+        num_labels=2,
+    )
+    run = TrainerRun(transformers, tmp_path_factory.mktemp("hf") / "out", config)
+    with kept_rng():
+        run.trainer(run.folder, run.model(), max_steps=HF_STEPS[-1]).train()
+    return run
+
+
+def trainer_tree(tree: KaggleTree, run: TrainerRun, rel: str) -> list[Path]:
+    """Copy the run's checkpoint folders to root/rel; return their paths there."""
+    dst = tree.root / rel
+    for step in HF_STEPS:
+        shutil.copytree(run.checkpoint(step), dst / f"checkpoint-{step}")
+    return [dst / f"checkpoint-{step}" for step in HF_STEPS]
+
+
+def break_folder(folder: Path, how: str) -> None:
+    """Damage a checkpoint folder the way an interrupted save or upload does."""
+    if how == "no-state":
+        (folder / "trainer_state.json").unlink()
+    elif how == "bad-json":
+        state = folder / "trainer_state.json"
+        text = state.read_text()
+        state.write_text(text[: len(text) // 2])
+    elif how == "no-weights":
+        (folder / "model.safetensors").unlink()
+    elif how == "garbage-weights":
+        header = b"not a json header"
+        data = struct.pack("<Q", len(header)) + header
+        (folder / "model.safetensors").write_bytes(data)
+    elif how == "truncated-weights":
+        weights = folder / "model.safetensors"
+        data = weights.read_bytes()
+        weights.write_bytes(data[:-64])
+    else:
+        raise AssertionError(how)
+
+
+BROKEN = {
+    "no-state": r"^Missing keys: \['trainer_state\.json'\]",
+    "bad-json": r"^Load error: trainer_state\.json is unreadable",
+    "no-weights": r"^Missing keys: \['model\.safetensors'\]",
+    "garbage-weights": r"^Load error: model\.safetensors has a bad header",
+    "truncated-weights": r"^Load error: model\.safetensors is truncated",
+}
+
+
+# --- the extras gate -------------------------------------------------------
+
+
+class TestRequireTool:
+    def test_missing_tool_skips_by_default(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Without the variable a missing tool skips the test."""
+        monkeypatch.delenv(REQUIRE_EXTRAS, raising=False)
+        with pytest.raises(pytest.skip.Exception, match="no_such_tool_xyz"):
+            require_tool("no_such_tool_xyz")
+
+    def test_missing_tool_fails_when_required(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """With KAGGLE_RESUME_REQUIRE_EXTRAS=1 a missing tool fails the test."""
+        monkeypatch.setenv(REQUIRE_EXTRAS, "1")
+        with pytest.raises(pytest.fail.Exception, match="no_such_tool_xyz"):
+            require_tool("no_such_tool_xyz")
+
+    def test_present_tool_imports(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A tool that is installed is returned either way."""
+        monkeypatch.setenv(REQUIRE_EXTRAS, "1")
+        assert require_tool("json") is json
+
+
+# --- Lightning -------------------------------------------------------------
+
+
+class TestLightning:
+    def test_ckpt_recognised(
+        self, tree: KaggleTree, lightning_run: LightningRun
+    ) -> None:
+        """Each .ckpt reads as lightning: epoch, global_step, monitored score."""
+        paths = lightning_tree(tree, lightning_run, "input/lit-run")
+        assert len(paths) == 3
+        for path in paths:
+            saved = lightning_run.load(path)
+            info = kr.get_checkpoint_info(path, root=tree.root)
+            assert info.is_valid, info.error
+            assert info.error is None
+            assert info.format == "lightning"
+            assert "model_state_dict" not in info.keys
+            assert info.epoch == saved["epoch"]
+            assert info.step == saved["global_step"]
+            assert info.metrics["val_loss"] == lightning_run.score(path)
+            best = lightning_run.score(path, "best_model_score")
+            assert info.metrics["best_model_score"] == best
+
+    def test_plain_ckpt_is_torch(self, tree: KaggleTree) -> None:
+        """A plain dict saved as .ckpt with a state_dict is not read as lightning."""
+        path = tree.put(
+            "input/run/plain.ckpt",
+            epoch=4,
+            drop=("model_state_dict",),
+            state_dict=make_model().state_dict(),
+        )
+        info = kr.get_checkpoint_info(path, root=tree.root)
+        assert info.is_valid, info.error
+        assert info.format == "torch"
+
+    def test_resume_plain_linear(
+        self, tree: KaggleTree, lightning_run: LightningRun
+    ) -> None:
+        """resume() fills a plain Linear, Adam and StepLR from a Lightning .ckpt."""
+        lightning_tree(tree, lightning_run, "input/datasets/owner/lit-run")
+        net = make_model(seed=7)
+        assert not same_state(net.state_dict(), lightning_run.net_state)
+        optimizer = torch.optim.Adam(net.parameters(), lr=0.05)
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, 1, gamma=0.5)
+
+        state = kr.resume(net, optimizer, scheduler, root=tree.root, verbose=False)
+
+        assert state.resumed and state.info is not None
+        assert state.info.format == "lightning"
+        assert state.path is not None and state.path.parent == tree.checkpoints
+        saved = lightning_run.load(state.path)
+        assert same_state(net.state_dict(), lightning_run.net_state)
+        stripped = {k.removeprefix("net."): v for k, v in saved["state_dict"].items()}
+        assert same_state(net.state_dict(), stripped)
+        assert same_state(optimizer.state_dict(), saved["optimizer_states"][0])
+        assert same_state(scheduler.state_dict(), saved["lr_schedulers"][0])
+        assert state.start_epoch == saved["epoch"] + 1 == LIGHTNING_EPOCHS
+        assert state.start_step == saved["global_step"] + 1
+
+    def test_chosen_path_continues_trainer_fit(
+        self, tree: KaggleTree, lightning_run: LightningRun, tmp_path: Path
+    ) -> None:
+        """The chosen path resumes a real trainer.fit(ckpt_path=...) where it left."""
+        pl = lightning_run.pl
+        lightning_tree(tree, lightning_run, "input/lit-run")
+        state = kr.resume(make_model(seed=7), root=tree.root, verbose=False)
+        assert state.path is not None
+        saved = lightning_run.load(state.path)
+
+        class Watch(pl.Callback):  # type: ignore[name-defined,misc]
+            def __init__(self) -> None:
+                self.batches = 0
+                self.start: dict[str, torch.Tensor] = {}
+
+            def on_train_start(self, trainer: Any, module: Any) -> None:
+                self.start = {k: v.clone() for k, v in module.state_dict().items()}
+
+            def on_train_batch_end(self, *args: Any) -> None:
+                self.batches += 1
+
+        watch = Watch()
+        more = 2
+        trainer = lightning_run.trainer(
+            tmp_path / "more", LIGHTNING_EPOCHS + more, [watch]
+        )
+        module = lightning_run.module_class()
+        trainer.fit(module, *lightning_run.loaders(), ckpt_path=str(state.path))
+
+        assert same_state(watch.start, saved["state_dict"])
+        assert watch.batches == more * lightning_run.steps_per_epoch
+        expected = saved["global_step"] + more * lightning_run.steps_per_epoch
+        assert trainer.global_step == expected
+        assert trainer.current_epoch == LIGHTNING_EPOCHS + more
+
+    def test_prefer_val_loss_picks_lowest(
+        self, tree: KaggleTree, lightning_run: LightningRun
+    ) -> None:
+        """prefer_metric="val_loss" picks the file with the lowest monitored score."""
+        paths = lightning_tree(tree, lightning_run, "input/lit-run")
+        scores = {path: lightning_run.score(path) for path in paths}
+        lowest = min(scores, key=scores.__getitem__)
+        latest = max(lightning_run.load(path)["epoch"] for path in paths)
+        assert lightning_run.load(lowest)["epoch"] != latest  # the run's design
+
+        best, info, _ = kr.find_best_checkpoint_across_sources(
+            "val_loss", root=tree.root
+        )
+        assert best is not None and info is not None
+        assert Path(best).resolve() == lowest.resolve()
+        assert info.metrics["val_loss"] == scores[lowest]
+
+        best, info, _ = kr.find_best_checkpoint_across_sources(root=tree.root)
+        assert info is not None and info.epoch == latest
+
+        _, info, _ = kr.find_best_checkpoint_across_sources(
+            "val_loss", mode="max", root=tree.root
+        )
+        assert info is not None and info.metrics["val_loss"] == max(scores.values())
+
+
+# --- Hugging Face Trainer --------------------------------------------------
+
+HF_SOURCES = [
+    ("working", "working"),
+    ("working/checkpoints/hf-run", "working"),
+    ("input/hf-run", "input_datasets"),
+    ("input/hf-run/run1", "input_datasets"),
+    ("input/datasets/owner/hf-run", "input_datasets"),
+    ("input/notebooks/owner/hf-nb", "notebook_outputs"),
+    ("input/models/owner/bert-tiny/transformers/default/1", "models"),
+]
+
+
+class TestHuggingFace:
+    @pytest.mark.parametrize(("rel", "source"), HF_SOURCES)
+    def test_folders_found_in_every_source(
+        self, tree: KaggleTree, trainer_run: TrainerRun, rel: str, source: str
+    ) -> None:
+        """checkpoint-<step> folders are candidates there; files inside are not."""
+        folders = trainer_tree(tree, trainer_run, rel)
+        result = kr.find_checkpoint_locations(root=tree.root)
+        assert resolved(result[source]) == resolved(folders)
+        assert all_found(result) == resolved(folders)
+        for folder in folders:
+            info = kr.get_checkpoint_info(folder, root=tree.root)
+            assert info.is_valid, info.error
+            assert (info.format, info.source) == ("hf_trainer", source)
+
+    def test_folder_found_in_kagglehub_cache(
+        self,
+        tree: KaggleTree,
+        trainer_run: TrainerRun,
+        tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """A checkpoint folder in the kagglehub cache is an extra candidate."""
+        monkeypatch.setenv("KAGGLEHUB_CACHE", str(tmp_path / "hub"))
+        version = tmp_path / "hub/datasets/owner/hf-run/versions/2"
+        shutil.copytree(trainer_run.checkpoint(8), version / "checkpoint-8")
+        best, info, _ = kr.find_best_checkpoint_across_sources(
+            root=tree.root, extra_sources=["kagglehub"]
+        )
+        assert best is not None and info is not None
+        assert Path(best).resolve() == (version / "checkpoint-8").resolve()
+        assert (info.format, info.source, info.version) == ("hf_trainer", "extra", 2)
+
+    def test_step_and_metrics_from_trainer_state(
+        self, tree: KaggleTree, trainer_run: TrainerRun
+    ) -> None:
+        """step is global_step; metrics are the log entries at that step."""
+        folders = trainer_tree(tree, trainer_run, "input/hf-run")
+        eval_losses = set()
+        for step, folder in zip(HF_STEPS, folders, strict=True):
+            saved = trainer_run.state(step)
+            logged = [e for e in saved["log_history"] if e["step"] == step]
+            (evaluated,) = [e for e in logged if "eval_loss" in e]
+            (trained,) = [e for e in logged if "loss" in e]
+            info = kr.get_checkpoint_info(folder, root=tree.root)
+            assert info.is_valid, info.error
+            assert info.step == saved["global_step"] == step
+            assert info.metrics["eval_loss"] == evaluated["eval_loss"]
+            assert info.metrics["loss"] == trained["loss"]
+            assert info.metrics["epochs_done"] == saved["epoch"]
+            done = saved["epoch"]
+            assert info.epoch == (math.floor(done) - 1 if done >= 1 else None)
+            eval_losses.add(info.metrics["eval_loss"])
+        assert len(eval_losses) == len(HF_STEPS)
+
+    def test_prefer_eval_loss(self, tree: KaggleTree, trainer_run: TrainerRun) -> None:
+        """prefer_metric="eval_loss" picks the folder with the lowest eval_loss."""
+        folders = trainer_tree(tree, trainer_run, "input/hf-run")
+        losses = {
+            folder: next(
+                e["eval_loss"]
+                for e in trainer_run.state(step)["log_history"]
+                if e["step"] == step and "eval_loss" in e
+            )
+            for step, folder in zip(HF_STEPS, folders, strict=True)
+        }
+        best = kr.find_best_checkpoint_across_sources("eval_loss", root=tree.root)[0]
+        assert best is not None
+        assert Path(best).resolve() == min(losses, key=losses.__getitem__).resolve()
+
+    @pytest.mark.parametrize("how", list(BROKEN))
+    def test_broken_folder_invalid(
+        self, tree: KaggleTree, trainer_run: TrainerRun, how: str
+    ) -> None:
+        """A half-written newest folder is rejected with its reason; an older wins."""
+        folders = trainer_tree(tree, trainer_run, "input/hf-run")
+        break_folder(folders[-1], how)
+
+        info = kr.get_checkpoint_info(folders[-1], root=tree.root)
+        assert not info.is_valid
+        assert info.error is not None and re.search(BROKEN[how], info.error)
+
+        best, _, candidates = kr.find_best_checkpoint_across_sources(root=tree.root)
+        assert best is not None and Path(best).resolve() == folders[-2].resolve()
+        (rejected,) = [c for c in candidates if not c.is_valid]
+        assert Path(rejected.path).resolve() == folders[-1].resolve()
+        assert rejected.error is not None and re.search(BROKEN[how], rejected.error)
+
+    def test_copy_folder(self, tree: KaggleTree, trainer_run: TrainerRun) -> None:
+        """copy_checkpoint_to_working copies every file of the folder into working."""
+        src = trainer_tree(tree, trainer_run, "input/hf-run")[-1]
+        before = folder_digest(src)
+
+        dst = kr.copy_checkpoint_to_working(src, root=tree.root)
+
+        assert dst == tree.checkpoints / "checkpoint-8"
+        assert dst.is_dir() and folder_digest(dst) == before
+        assert folder_digest(src) == before
+        assert visible(tree.checkpoints) == ["checkpoint-8"]
+        info = kr.get_checkpoint_info(dst, root=tree.root)
+        assert info.is_valid and info.source == "working", info.error
+
+    def test_copy_failure_leaves_nothing(
+        self,
+        tree: KaggleTree,
+        trainer_run: TrainerRun,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """A copy that fails on the 3rd file leaves no folder and no candidate."""
+        src = trainer_tree(tree, trainer_run, "input/hf-run")[-1]
+        before = folder_digest(src)
+        calls = fail_copy_on(monkeypatch, 3, OSError(errno.EIO, "injected failure"))
+
+        with pytest.raises(OSError, match="injected failure"):
+            kr.copy_checkpoint_to_working(src, root=tree.root)
+
+        assert len(calls) >= 3
+        assert not (tree.checkpoints / "checkpoint-8").exists()
+        assert list(tree.checkpoints.iterdir()) == []
+        assert kr.find_checkpoint_locations(root=tree.root)["working"] == []
+        assert folder_digest(src) == before
+        best, _, _ = kr.find_best_checkpoint_across_sources(root=tree.root)
+        assert best is not None and Path(best).resolve() == src.resolve()
+
+    def test_copy_failure_keeps_folder_there(
+        self,
+        tree: KaggleTree,
+        trainer_run: TrainerRun,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """A failed copy leaves a different folder of that name as it was."""
+        src = trainer_tree(tree, trainer_run, "input/hf-run")[-1]
+        there = tree.checkpoints / "checkpoint-8"
+        shutil.copytree(trainer_run.checkpoint(6), there)
+        before = folder_digest(there)
+        fail_copy_on(monkeypatch, 3, OSError(errno.EIO, "injected failure"))
+
+        with pytest.raises(OSError, match="injected failure"):
+            kr.copy_checkpoint_to_working(src, root=tree.root)
+
+        assert visible(tree.checkpoints) == ["checkpoint-8"]
+        assert folder_digest(there) == before
+
+    def test_killed_copy_leaves_no_candidate(
+        self,
+        tree: KaggleTree,
+        trainer_run: TrainerRun,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """A copy killed midway (no clean-up runs) leaves only a hidden folder."""
+        src = trainer_tree(tree, trainer_run, "input/hf-run")[-1]
+        with monkeypatch.context() as patch:
+            fail_copy_on(patch, 3, OSError(errno.EIO, "killed"))
+            patch.setattr(shutil, "rmtree", lambda *args, **kwargs: None)
+            with pytest.raises(OSError, match="killed"):
+                kr.copy_checkpoint_to_working(src, root=tree.root)
+
+        leftovers = list(tree.checkpoints.iterdir())
+        assert leftovers and all(p.name.startswith(".") for p in leftovers)
+        assert kr.find_checkpoint_locations(root=tree.root)["working"] == []
+        dst = kr.copy_checkpoint_to_working(src, root=tree.root)
+        assert folder_digest(dst) == folder_digest(src)
+        assert kr.find_checkpoint_locations(root=tree.root)["working"] == [dst]
+
+    def test_identical_folder_not_copied_again(
+        self,
+        tree: KaggleTree,
+        trainer_run: TrainerRun,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """A byte-identical folder already in working is used without copying."""
+        src = trainer_tree(tree, trainer_run, "input/hf-run")[-1]
+        dst = kr.copy_checkpoint_to_working(src, root=tree.root)
+        inode = dst.stat().st_ino
+        calls = fail_copy_on(monkeypatch, 1, OSError(errno.EIO, "copied again"))
+
+        assert kr.copy_checkpoint_to_working(src, root=tree.root) == dst
+
+        assert calls == []
+        assert dst.stat().st_ino == inode
+        assert visible(tree.checkpoints) == ["checkpoint-8"]
+
+    def test_different_folder_kept_as_backup(
+        self, tree: KaggleTree, trainer_run: TrainerRun
+    ) -> None:
+        """A different folder of that name is kept as a backup, not a candidate."""
+        src = trainer_tree(tree, trainer_run, "input/hf-run")[-1]
+        older = trainer_run.checkpoint(6)
+        shutil.copytree(older, tree.checkpoints / "checkpoint-8")
+
+        dst = kr.copy_checkpoint_to_working(src, root=tree.root)
+
+        assert dst == tree.checkpoints / "checkpoint-8"
+        assert folder_digest(dst) == folder_digest(src)
+        backups = [n for n in visible(tree.checkpoints) if n != "checkpoint-8"]
+        assert len(backups) == 1 and backups[0].startswith("checkpoint-8.bak")
+        assert folder_digest(tree.checkpoints / backups[0]) == folder_digest(older)
+        working = kr.find_checkpoint_locations(root=tree.root)["working"]
+        assert resolved(working) == [dst.resolve()]
+
+    def test_resume_loads_weights_from_copy(
+        self, tree: KaggleTree, trainer_run: TrainerRun
+    ) -> None:
+        """resume() loads the saved weights and returns the copy in working."""
+        folders = trainer_tree(tree, trainer_run, "input/datasets/owner/hf-run")
+        saved = trainer_run.transformers.BertForSequenceClassification
+        reference = saved.from_pretrained(folders[-1]).state_dict()
+        model = trainer_run.model(seed=5)
+        assert not same_state(model.state_dict(), reference)
+
+        state = kr.resume(model, root=tree.root, verbose=False)
+
+        assert state.resumed and state.info is not None, state.reason
+        assert state.info.format == "hf_trainer"
+        assert state.path == tree.checkpoints / "checkpoint-8"
+        assert folder_digest(state.path) == folder_digest(folders[-1])
+        assert same_state(model.state_dict(), reference)
+        trainer_state = trainer_run.state(8)
+        assert state.start_step == trainer_state["global_step"] + 1
+        assert state.history == trainer_state["log_history"]
+
+    def test_trainer_continues_from_copy(
+        self, tree: KaggleTree, trainer_run: TrainerRun, tmp_path: Path
+    ) -> None:
+        """trainer.train(resume_from_checkpoint=state.path) goes on from the copy."""
+        transformers = trainer_run.transformers
+        folders = trainer_tree(tree, trainer_run, "input/hf-run")
+        model = trainer_run.model(seed=5)
+        state = kr.resume(model, root=tree.root, verbose=False)
+        assert state.path is not None
+        shutil.rmtree(folders[0].parent)  # only the copy is left
+
+        class Count(transformers.TrainerCallback):  # type: ignore[name-defined,misc]
+            def __init__(self) -> None:
+                self.steps = 0
+
+            def on_step_end(self, *args: Any, **kwargs: Any) -> None:
+                self.steps += 1
+
+        count = Count()
+        trainer = trainer_run.trainer(tmp_path / "more", model, 10, [count])
+        with kept_rng():
+            output = trainer.train(resume_from_checkpoint=str(state.path))
+
+        assert output.global_step == 10
+        assert count.steps == 10 - HF_STEPS[-1]
+        assert (tmp_path / "more" / "checkpoint-10").is_dir()
+
+
+# --- sources beyond /kaggle ------------------------------------------------
+
+
+def extra_priorities(candidates: list[kr.CheckpointInfo]) -> dict[Path, int]:
+    """Priority of each extra-source candidate, by resolved path."""
+    return {
+        Path(c.path).resolve(): c.priority for c in candidates if c.source == "extra"
+    }
+
+
+class TestExtraSources:
+    def test_path_listed_as_extra(self, tree: KaggleTree, tmp_path: Path) -> None:
+        """A folder in extra_sources is searched; its files are listed as extra."""
+        path = write_checkpoint(tmp_path / "drive/run/ckpt.pth", epoch=2)
+        result = kr.find_checkpoint_locations(
+            root=tree.root, extra_sources=[tmp_path / "drive"]
+        )
+        assert resolved(result["extra"]) == [path.resolve()]
+        assert all_found(result) == [path.resolve()]
+        _, _, candidates = kr.find_best_checkpoint_across_sources(
+            root=tree.root, extra_sources=[tmp_path / "drive"]
+        )
+        assert extra_priorities(candidates) == {path.resolve(): len(kr.SOURCES)}
+
+    @pytest.mark.parametrize(
+        ("priority", "extra_epoch", "winner"),
+        [
+            (None, 9, "working"),
+            (0, 9, "extra"),
+            (0, 1, "working"),
+        ],
+        ids=["alone-after-working", "0-higher-epoch-wins", "0-lower-epoch-loses"],
+    )
+    def test_priority_against_working(
+        self,
+        tree: KaggleTree,
+        tmp_path: Path,
+        priority: int | None,
+        extra_epoch: int,
+        winner: str,
+    ) -> None:
+        """An extra source ties with working at priority 0; the epoch decides."""
+        working = tree.put("working/checkpoints/w.pth", epoch=5)
+        extra = write_checkpoint(tmp_path / "drive/e.pth", epoch=extra_epoch)
+        drive = tmp_path / "drive"
+        item: Any = drive if priority is None else (drive, priority)
+        best, info, _ = kr.find_best_checkpoint_across_sources(
+            root=tree.root, extra_sources=[item]
+        )
+        assert best is not None and info is not None
+        expected = working if winner == "working" else extra
+        assert Path(best).resolve() == expected.resolve()
+        assert info.source == winner
+
+    def test_default_priority_after_models(
+        self, tree: KaggleTree, tmp_path: Path
+    ) -> None:
+        """An extra source alone ranks after every Kaggle source, models included."""
+        model = tree.put("input/models/o/m/pytorch/default/1/a.pth", epoch=1)
+        write_checkpoint(tmp_path / "drive/e.pth", epoch=50)
+        best, _, _ = kr.find_best_checkpoint_across_sources(
+            root=tree.root, extra_sources=[tmp_path / "drive"]
+        )
+        assert best is not None and Path(best).resolve() == model.resolve()
+
+    def test_glob(self, tree: KaggleTree, tmp_path: Path) -> None:
+        """A glob in extra_sources searches every folder it matches, and no other."""
+        one = write_checkpoint(tmp_path / "drive/run1/a.pth")
+        two = write_checkpoint(tmp_path / "drive/run2/b.pth")
+        write_checkpoint(tmp_path / "drive/other/c.pth")
+        result = kr.find_checkpoint_locations(
+            root=tree.root, extra_sources=[(str(tmp_path / "drive/run*"), 2)]
+        )
+        assert resolved(result["extra"]) == resolved([one, two])
+
+    def test_environment_variable(
+        self, tree: KaggleTree, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """KAGGLE_RESUME_SOURCES holds os.pathsep-separated PATH or PATH=PRIORITY."""
+        plain = write_checkpoint(tmp_path / "drive/a.pth", epoch=9)
+        ranked = write_checkpoint(tmp_path / "local/b.pth", epoch=3)
+        globbed = write_checkpoint(tmp_path / "runs/r7/c.pth", epoch=1)
+        entries = [
+            str(tmp_path / "drive"),
+            f"{tmp_path / 'local'}=0",
+            f"{tmp_path / 'runs' / 'r*'}=2",
+        ]
+        monkeypatch.setenv("KAGGLE_RESUME_SOURCES", os.pathsep.join(entries))
+
+        best, _, candidates = kr.find_best_checkpoint_across_sources(root=tree.root)
+
+        assert extra_priorities(candidates) == {
+            plain.resolve(): len(kr.SOURCES),
+            ranked.resolve(): 0,
+            globbed.resolve(): 2,
+        }
+        assert best is not None and Path(best).resolve() == ranked.resolve()
+
+    def test_environment_adds_to_argument(
+        self, tree: KaggleTree, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Sources from the variable and from extra_sources are both searched."""
+        one = write_checkpoint(tmp_path / "drive/a.pth")
+        two = write_checkpoint(tmp_path / "local/b.pth")
+        monkeypatch.setenv("KAGGLE_RESUME_SOURCES", str(tmp_path / "local"))
+        result = kr.find_checkpoint_locations(
+            root=tree.root, extra_sources=[tmp_path / "drive"]
+        )
+        assert resolved(result["extra"]) == resolved([one, two])
+
+    @pytest.mark.parametrize("versions", [(1, 3), (9, 10)], ids=["1-3", "9-10"])
+    @pytest.mark.parametrize("how", ["argument", "variable", "home"])
+    def test_kagglehub_highest_version_wins_tie(
+        self,
+        tree: KaggleTree,
+        tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+        versions: tuple[int, int],
+        how: str,
+    ) -> None:
+        """The kagglehub cache is searched; a tie goes to the higher version."""
+        if how == "home":
+            monkeypatch.setenv("HOME", str(tmp_path / "home"))
+            hub = tmp_path / "home/.cache/kagglehub"
+        else:
+            hub = tmp_path / "hub"
+            monkeypatch.setenv("KAGGLEHUB_CACHE", str(hub))
+        low, high = (
+            hub / f"datasets/owner/my-run/versions/{n}/checkpoints/ckpt.pth"
+            for n in versions
+        )
+        write_checkpoint(low, epoch=4, accuracy=0.5)
+        high.parent.mkdir(parents=True)
+        high.write_bytes(low.read_bytes())
+        os.utime(high, (1_000_000, 1_000_000))  # the lower version is newer
+        extra: list[Any] | None = ["kagglehub"]
+        if how == "variable":
+            monkeypatch.setenv("KAGGLE_RESUME_SOURCES", "kagglehub")
+            extra = None
+
+        best, info, candidates = kr.find_best_checkpoint_across_sources(
+            root=tree.root, extra_sources=extra
+        )
+
+        assert sorted(c.version for c in candidates if c.is_valid) == list(versions)
+        assert best is not None and info is not None
+        assert Path(best).resolve() == high.resolve()
+        assert info.version == versions[1] and info.source == "extra"
+
+    def test_resume_copies_from_extra_source(
+        self, tree: KaggleTree, tmp_path: Path
+    ) -> None:
+        """resume() from an extra source loads it and copies it into working."""
+        saved = make_model(seed=3)
+        write_checkpoint(tmp_path / "drive/run.pth", epoch=6, model=saved)
+        model = make_model(seed=4)
+        state = kr.resume(
+            model, root=tree.root, extra_sources=[tmp_path / "drive"], verbose=False
+        )
+        assert state.resumed and state.start_epoch == 7
+        assert state.path == tree.checkpoints / "run.pth"
+        assert state.path.is_file()
+        assert same_state(model.state_dict(), saved.state_dict())
+
+
+# --- three formats side by side --------------------------------------------
+
+
+@dataclasses.dataclass
+class MixedTree:
+    """A Kaggle tree with a plain, a Lightning and a Hugging Face run."""
+
+    tree: KaggleTree
+    plain: Path
+    lightning: list[Path]
+    hf: list[Path]
+
+
+@pytest.fixture
+def mixed(
+    tree: KaggleTree, lightning_run: LightningRun, trainer_run: TrainerRun
+) -> MixedTree:
+    """Plain torch in a dataset, Lightning in a notebook output, HF in a model."""
+    plain = tree.put("input/datasets/owner/plain-run/model.pth", epoch=0)
+    lit = lightning_tree(tree, lightning_run, "input/notebooks/owner/lit-nb")
+    hf = trainer_tree(
+        tree, trainer_run, "input/models/owner/bert-tiny/transformers/default/1"
+    )
+    return MixedTree(tree, plain, lit, hf)
+
+
+def best_line_path(stdout: str) -> str:
+    """The path named by scan's "Best:" line."""
+    found = re.search(r"^Best: '(.+?)'", stdout, re.MULTILINE)
+    assert found, stdout
+    return found.group(1)
+
+
+class TestMixedFormats:
+    def test_find_best_returns_all_formats(self, mixed: MixedTree) -> None:
+        """find_best lists every candidate of the three formats, all valid."""
+        root = mixed.tree.root
+        best, info, candidates = kr.find_best_checkpoint_across_sources(root=root)
+
+        expected = resolved([mixed.plain, *mixed.lightning, *mixed.hf])
+        assert sorted(resolved([c.path for c in candidates])) == sorted(expected)
+        assert all(c.is_valid for c in candidates), [c.error for c in candidates]
+        formats = {Path(c.path).resolve(): c.format for c in candidates}
+        assert formats[mixed.plain.resolve()] == "torch"
+        assert {formats[p.resolve()] for p in mixed.lightning} == {"lightning"}
+        assert {formats[p.resolve()] for p in mixed.hf} == {"hf_trainer"}
+        assert best is not None and Path(best).resolve() == mixed.plain.resolve()
+
+        _, info, _ = kr.find_best_checkpoint_across_sources("epoch", root=root)
+        assert info is not None
+        assert (info.format, info.epoch) == ("lightning", LIGHTNING_EPOCHS - 1)
+
+    def test_scan_lists_and_ranks_all_formats(self, mixed: MixedTree) -> None:
+        """scan shows every format in its table and picks by the usual rules."""
+        root = mixed.tree.root
+        proc = run_cli("scan", "--root", str(root))
+        assert proc.returncode == 0, proc.stderr
+        header = proc.stdout.splitlines()[1]
+        assert "format" in header.split()
+        for path in [mixed.plain, *mixed.lightning, *mixed.hf]:
+            assert os.path.relpath(path, root) in proc.stdout
+        lines = proc.stdout.splitlines()
+        rows = [line for line in lines[2:] if not line.startswith("Best:")]
+        assert len(rows) == 1 + len(mixed.lightning) + len(mixed.hf)
+        for fmt in ("torch", "lightning", "hf_trainer"):
+            assert any(fmt in row.split() for row in rows), fmt
+        (chosen,) = [row for row in rows if row.startswith("*")]
+        assert os.path.relpath(mixed.plain, root) in chosen
+        assert Path(best_line_path(proc.stdout)).resolve() == mixed.plain.resolve()
+
+        proc = run_cli("scan", "--root", str(root), "--metric", "epoch")
+        assert proc.returncode == 0, proc.stderr
+        winner = Path(best_line_path(proc.stdout)).resolve()
+        assert winner in resolved(mixed.lightning)
