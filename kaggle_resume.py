@@ -441,8 +441,9 @@ def find_checkpoint_locations(
             $KAGGLE_RESUME_SOURCES. Their paths are listed under "extra".
 
     Returns:
-        A dict with every name of SOURCES as a key (and "extra" when extra
-        sources were given), each a sorted list of the paths found there:
+        A dict with every name of SOURCES as a key (and "extra" when something
+        was found in the extra sources), each a sorted list of the paths found
+        there (files, and checkpoint-<step> folders):
         root/working and root/working/checkpoints, and every dataset,
         notebook output and model under root/input, in the flat layout and
         in the nested one. Competition data is skipped.
@@ -2011,14 +2012,24 @@ def _make_room(
 
 @dataclasses.dataclass
 class ResumeState:
-    """Where training goes on from, and what was found on the way."""
+    """Where training goes on from, and what was found on the way.
+
+    start_epoch and start_step are where the loop starts (0 when fresh);
+    resumed says whether a checkpoint was loaded; path is the file loaded from
+    (its copy in working when it was copied) and info what it holds;
+    candidates every checkpoint found, with the reason for each rejection;
+    history the checkpoint's history trimmed to the resumed epoch; checkpoint
+    the loaded dict ({} when fresh); reason how it was chosen; clock the
+    session clock; root the Kaggle root it searched. str() gives a summary,
+    and Jupyter shows it as a table.
+    """
 
     start_epoch: int = 0
     start_step: int = 0
     resumed: bool = False
     path: Path | None = None
     info: CheckpointInfo | None = None
-    candidates: list[CheckpointInfo] = dataclasses.field(default_factory=list)
+    candidates: CandidateList = dataclasses.field(default_factory=lambda: _empty())
     history: Any = None
     checkpoint: dict[str, Any] = dataclasses.field(default_factory=dict)
     reason: str = ""
@@ -2896,6 +2907,10 @@ def _html_table(
         + "".join(body)
         + "</tbody></table>"
     )
+
+
+def _empty() -> CandidateList:
+    return CandidateList()
 
 
 class CandidateList(list[CheckpointInfo]):

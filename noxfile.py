@@ -13,7 +13,6 @@ TORCH = "torch==2.13.0"
 TOOLS = ("pytorch-lightning==2.6.6", "transformers==5.25.0", "accelerate==1.16.0")
 TEST_DEPS = (TORCH, "numpy", "pytest", *TOOLS)
 
-nox.options.sessions = ["tests", "lint", "typecheck", "demo"]
 nox.options.reuse_existing_virtualenvs = True
 
 
@@ -49,7 +48,7 @@ def demo(session: nox.Session) -> None:
     session.run("python", "kaggle_resume.py", "demo", *session.posargs)
 
 
-@nox.session
+@nox.session(default=False)
 def bench(session: nox.Session) -> None:
     """Benchmark against torch.load, glob and cp (slow; not run by default)."""
     session.install(TORCH, "numpy")
