@@ -2289,8 +2289,7 @@ def _table(
 ) -> str:
     """The candidates as a plain text table, the chosen one marked with *."""
     rows = _rows(candidates, root, chosen)
-    columns = ["", "location", "source", *_format_column(candidates), "epoch"]
-    columns += ["step", "accuracy", "size", "valid", "reason"]
+    columns = _columns(candidates)
     widths = {c: max([len(c), *(len(row[c]) for row in rows)]) for c in columns}
     lines = [
         "  ".join(cell.ljust(widths[c]) for c, cell in zip(columns, cells, strict=True))
@@ -2879,9 +2878,13 @@ def _rows(
     return rows
 
 
-def _format_column(candidates: Sequence[CheckpointInfo]) -> list[str]:
-    """["format"] when the candidates come from more than plain torch."""
-    return ["format"] if any(c.format != "torch" for c in candidates) else []
+def _columns(candidates: Sequence[CheckpointInfo]) -> list[str]:
+    """The table's columns; "format" only when not every candidate is torch's."""
+    columns = ["", "location", "source", "epoch", "step", "accuracy", "size"]
+    columns += ["valid", "reason"]
+    if any(c.format != "torch" for c in candidates):
+        columns.insert(3, "format")
+    return columns
 
 
 def _html_table(
@@ -2889,8 +2892,7 @@ def _html_table(
 ) -> str:
     """The candidates as an HTML table, the chosen row marked and in bold."""
     rows = _rows(candidates, root, chosen)
-    columns = ["", "location", "source", *_format_column(candidates), "epoch"]
-    columns += ["step", "accuracy", "size", "valid", "reason"]
+    columns = _columns(candidates)
     head = "".join(f"<th>{html.escape(c or 'chosen')}</th>" for c in columns)
     body = []
     for row in rows:

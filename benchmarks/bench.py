@@ -171,11 +171,10 @@ def _measure(
     rss_kb = _status_kb("VmRSS")
     io_before = _proc_io()
     faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    if os.environ.get(PROFILE_ENV):
-        call = (lambda inner: lambda: _profiled(inner))(call)
+    profile = bool(os.environ.get(PROFILE_ENV))
 
     start = time.perf_counter()
-    result = call()
+    result = _profiled(call) if profile else call()
     seconds = time.perf_counter() - start
 
     io_after = _proc_io()
@@ -468,7 +467,11 @@ def _spawn(name: str, *args: object, profile: bool = False) -> dict[str, Any]:
         env[PROFILE_ENV] = "1"
     start = time.perf_counter()
     done = subprocess.run(
-        [*command, *map(str, args)], capture_output=True, text=True, env=env
+        [*command, *map(str, args)],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
     )
     wall = time.perf_counter() - start
     if done.returncode != 0:
@@ -1050,7 +1053,8 @@ def _git_state() -> str:
             check=True,
         ).stdout.strip()
         changed = subprocess.run(
-            ["git", "-C", str(REPO), "diff", "--quiet", "HEAD", "kaggle_resume.py"]
+            ["git", "-C", str(REPO), "diff", "--quiet", "HEAD", "kaggle_resume.py"],
+            check=False,
         ).returncode
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
