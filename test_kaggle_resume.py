@@ -529,8 +529,53 @@ class TestFindCheckpointLocations:
         result = kr.find_checkpoint_locations(root=tree.root)
         assert all_found(result) == [want.resolve()]
 
+    @pytest.mark.parametrize(
+        "rel",
+        [
+            "input/run/outputs/checkpoints/a.pth",
+            "input/datasets/owner/run/run1/ckpt/a.pth",
+            "working/samples/checkpoints/a.pth",
+        ],
+    )
+    def test_checkpoints_inside_a_data_folder(self, tree: KaggleTree, rel: str) -> None:
+        """A folder of many data files is not read through, but its checkpoints/ is."""
+        want = tree.put(rel)
+        data = want.parent.parent
+        for i in range(600):
+            (data / f"{i:05d}.png").touch()
+        result = kr.find_checkpoint_locations(root=tree.root)
+        assert all_found(result) == [want.resolve()]
+
+    def test_huge_data_folder_skipped_siblings_found(self, tree: KaggleTree) -> None:
+        """A leaf folder of 12,000 images costs nothing and hides nothing else."""
+        images = tree.input / "run" / "train" / "images"
+        images.mkdir(parents=True)
+        for i in range(12_000):
+            (images / f"{i:05d}.png").touch()
+        want = [
+            tree.put("input/run/train/checkpoints/a.pth"),
+            tree.put("input/run/run1/model.pth"),
+        ]
+        result = kr.find_checkpoint_locations(root=tree.root)
+        assert sorted(all_found(result)) == sorted(p.resolve() for p in want)
+
+    @pytest.mark.parametrize("rel", ["input/run", "input/datasets/owner/run"])
+    def test_dataset_root_read_whole(self, tree: KaggleTree, rel: str) -> None:
+        """Files directly in a dataset root are found among many data files."""
+        root = tree.root / rel
+        root.mkdir(parents=True)
+        for i in range(600):
+            (root / f"{i:05d}.png").touch()
+        want = [tree.put(f"{rel}/zz_model.pth"), tree.put(f"{rel}/aa_model.pth")]
+        result = kr.find_checkpoint_locations(root=tree.root)
+        assert sorted(all_found(result)) == sorted(p.resolve() for p in want)
+
 
 # --- inspection ------------------------------------------------------------
+
+
+def _no_zip_listing(*args: Any, **kwargs: Any) -> Any:
+    raise AssertionError("the zip listing was parsed")
 
 
 def _truncated(path: Path) -> None:
@@ -607,7 +652,43 @@ REJECTIONS: list[tuple[str, Callable[[Path], Any], str]] = [
 ]
 
 
+class _ManyTensors(nn.Module):
+    """A model whose state holds more tensors than a plain zip can list."""
+
+    def __init__(self, count: int) -> None:
+        super().__init__()
+        self.count = count
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        return {f"t{i}": torch.zeros(1) for i in range(self.count)}
+
+
 class TestGetCheckpointInfo:
+    def test_saved_summary_read_without_the_zip_listing(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A save_checkpoint file is inspected from its end, not its zip listing."""
+        path = kr.save_checkpoint(
+            tmp_path / "a.pth", model=make_model(), epoch=7, accuracy=0.5, step=3
+        )
+        monkeypatch.setattr(zipfile, "ZipFile", _no_zip_listing)
+        info = kr.get_checkpoint_info(path)
+        assert info.is_valid, info.error
+        assert (info.epoch, info.step, info.accuracy) == (7, 3, 0.5)
+
+    def test_saved_summary_read_from_a_zip64_archive(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """More than 65,535 records (a zip64 archive): still read from the end."""
+        path = kr.save_checkpoint(
+            tmp_path / "a.pth", model=_ManyTensors(66_000), epoch=9, budget=None
+        )
+        assert b"PK\x06\x06" in path.read_bytes()[-4096:]  # the zip64 end record
+        monkeypatch.setattr(zipfile, "ZipFile", _no_zip_listing)
+        info = kr.get_checkpoint_info(path)
+        assert info.is_valid, info.error
+        assert info.epoch == 9
+
     def test_valid_checkpoint(self, tmp_path: Path) -> None:
         """A good checkpoint reads as valid with its epoch, step, metrics, size."""
         path = write_checkpoint(
