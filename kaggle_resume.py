@@ -1095,9 +1095,13 @@ def get_checkpoint_info(
 ) -> CheckpointInfo:
     """Inspect one checkpoint without ever running code from it.
 
-    Never raises for a bad file: the reason goes into ``error``. Loading uses
-    weights_only=True and mmap, so tensor bytes are not read; a checkpoint
-    written by save_checkpoint is read from its small summary record.
+    Never raises for a bad file: the reason goes into ``error``. Tensor bytes
+    are not read: a checkpoint written by save_checkpoint is read from the
+    small summary record at its end; another zip checkpoint through an
+    unpickler that knows only plain data, tensors and numpy scalars (anything
+    else goes to torch.load with weights_only=True and mmap=True); a legacy
+    file through torch.load with weights_only=True. A Hugging Face
+    checkpoint-<step> folder is read from its trainer_state.json.
 
     Args:
         path: the checkpoint file.
@@ -2515,8 +2519,11 @@ def resume(
 
     Returns:
         A ResumeState: start_epoch (0 when fresh), start_step, resumed, path,
-        info, candidates, history (trimmed to the resumed epoch) and the
-        loaded checkpoint dict ({} when fresh).
+        info, candidates, history (trimmed to the resumed epoch), the loaded
+        checkpoint dict ({} when fresh), and clock, the session's
+        SessionClock: call state.clock.lap() after each epoch's save and stop
+        when state.clock.should_stop(), so the session ends cleanly and keeps
+        its output.
     """
     base = _root(root)
     device = map_location if map_location is not None else _model_device(model)
@@ -2697,9 +2704,11 @@ def _try_candidate(
     """Load one candidate into the targets: (checkpoint, info, path) or a reason.
 
     The copy into working and the CRC check run in threads while the source
-    loads (all three wait on I/O, not on Python). The source is loaded rather
-    than the copy: a read-only input can be memory-mapped safely. When the
-    candidate fails, its copy is removed again and what it displaced restored.
+    loads (the copy in the kernel, the CRC in zlib, neither holding the GIL);
+    nothing is applied before the CRC check passes. The source is loaded
+    rather than the copy: a read-only input can be memory-mapped safely. When
+    the candidate fails, its copy is removed again and what it displaced is
+    put back.
     """
     src = info.path
     model, optimizer, scheduler, scaler = targets
@@ -2723,6 +2732,8 @@ def _try_candidate(
             reason = str(e)
         except OSError as e:
             reason = f"Load error: cannot read the file: {e.strerror or e}"
+        except Exception as e:  # an odd file must not stop the fallback
+            reason = f"Load error: {type(e).__name__}: {e}"
         if reason is None and not src.is_dir():  # a folder was judged from its files
             real = _info_from_checkpoint(info, checkpoint, required_keys)
             reason = real.error

@@ -663,7 +663,87 @@ class _ManyTensors(nn.Module):
         return {f"t{i}": torch.zeros(1) for i in range(self.count)}
 
 
+def _adam_state() -> dict[str, Any]:
+    model = make_model()
+    optimizer = torch.optim.Adam(model.parameters())
+    model(torch.ones(1, 4)).sum().backward()
+    optimizer.step()
+    return {"optimizer_state_dict": optimizer.state_dict()}
+
+
+# Checkpoints of many shapes, each read by the fast inspection routes.
+INSPECTED_KINDS = {
+    "plain": lambda p: write_checkpoint(p, epoch=4, accuracy=0.75, loss=0.5),
+    "numpy": lambda p: write_checkpoint(
+        p, epoch=np.int64(3), accuracy=np.float64(0.5), step=np.int32(7)
+    ),
+    "tensors": lambda p: write_checkpoint(
+        p, epoch=torch.tensor(5), accuracy=torch.tensor(0.25), **_adam_state()
+    ),
+    "metrics": lambda p: write_checkpoint(
+        p, epoch=2, metrics={"val_loss": float("nan"), "acc": 0.5}, global_step=9
+    ),
+    "invalid": lambda p: write_checkpoint(p, epoch=-1, accuracy=1.5),
+    "lightning": lambda p: torch.save(
+        {
+            "epoch": 6,
+            "global_step": 60,
+            "pytorch-lightning_version": "2.6.6",
+            "state_dict": make_model().state_dict(),
+            "optimizer_states": [],
+            "callbacks": {
+                "ModelCheckpoint{'monitor': 'val_loss'}": {
+                    "monitor": "val_loss",
+                    "current_score": torch.tensor(0.125),
+                    "best_model_score": torch.tensor(0.0625),
+                }
+            },
+        },
+        p,
+    ),
+    "saved": lambda p: kr.save_checkpoint(
+        p,
+        model=make_model(),
+        epoch=8,
+        step=80,
+        accuracy=0.875,
+        metrics={"val_loss": 0.5},
+        budget=None,
+    ),
+}
+
+
+def _slow_route(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make inspection load every file with torch.load, as a plain script would."""
+    monkeypatch.setattr(kr, "_read_meta", lambda path: None)
+    monkeypatch.setattr(kr, "_read_structure", lambda path: None)
+
+
 class TestGetCheckpointInfo:
+    @pytest.mark.parametrize("kind", sorted(INSPECTED_KINDS))
+    def test_fast_routes_agree_with_torch_load(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
+    ) -> None:
+        """The fast routes read what torch.load reads, without torch.load."""
+        path = tmp_path / f"{kind}.pth"
+        INSPECTED_KINDS[kind](path)
+        loads: list[Any] = []
+        real_load = torch.load
+        monkeypatch.setattr(torch, "load", lambda *a, **k: loads.append(a))
+        fast = kr.get_checkpoint_info(path)
+        assert loads == []  # the fast route really ran
+        monkeypatch.setattr(torch, "load", real_load)
+        _slow_route(monkeypatch)
+        slow = kr.get_checkpoint_info(path)
+        fields = ("epoch", "step", "accuracy", "metrics", "is_valid", "error", "format")
+        for name in fields:
+            have, want = getattr(fast, name), getattr(slow, name)
+            if name == "metrics":  # NaN never equals itself
+                have = {k: "nan" if math.isnan(v) else v for k, v in have.items()}
+                want = {k: "nan" if math.isnan(v) else v for k, v in want.items()}
+            assert have == want, name
+        assert sorted(fast.keys) == sorted(slow.keys)
+
     def test_saved_summary_read_without_the_zip_listing(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
