@@ -632,8 +632,8 @@ def _explain_load_error(path: Path, error: BaseException) -> str:
     return f"Load error: {type(error).__name__}: {first[:200]}"
 
 
-def _sniff(path: Path) -> None:
-    """Reject files that are plainly no checkpoint, with a reason that helps."""
+def _sniff(path: Path) -> bool:
+    """Reject files that are plainly no checkpoint; whether it is a zip."""
     with open(path, "rb") as f:
         head = f.read(512)
     if head.startswith(b"PK\x03\x04"):
@@ -642,7 +642,7 @@ def _sniff(path: Path) -> None:
                 "Load error: truncated zip archive (no end record); the save or "
                 "the upload was cut short, save or upload it again"
             )
-        return
+        return True
     stripped = head.lstrip().lower()
     if stripped.startswith((b"<!doctype html", b"<html", b"<?xml", b"<head")):
         raise _LoadError(
@@ -654,6 +654,7 @@ def _sniff(path: Path) -> None:
             "Load error: not a torch checkpoint (neither a zip archive nor a "
             f"pickle; it starts with {head[:8]!r})"
         )
+    return False
 
 
 @contextlib.contextmanager
@@ -680,8 +681,7 @@ def _load(
     files nobody rewrites (read-only inputs, or a load dropped at once) are
     mapped: a file truncated by a plain torch.save would corrupt the tensors.
     """
-    _sniff(path)
-    mmap = mmap and _is_zip(path)
+    mmap = _sniff(path) and mmap
     try:
         if trusted:
             _log.warning(
@@ -812,7 +812,6 @@ class _Refused(pickle.UnpicklingError):
 class _StorageRef:
     kind: str
     key: str
-    numel: int
 
 
 @dataclasses.dataclass
@@ -884,7 +883,7 @@ class _InspectingUnpickler(pickle.Unpickler):
     def persistent_load(self, pid: Any) -> Any:
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
             raise _Refused(f"persistent id {pid!r}")
-        return _StorageRef(str(pid[1]), str(pid[2]), int(pid[4]))
+        return _StorageRef(str(pid[1]), str(pid[2]))
 
     def _tensor(self, storage: Any, offset: int, size: Any, *_: Any) -> _TensorRef:
         if not isinstance(storage, _StorageRef):
@@ -942,9 +941,11 @@ def _first(value: Any, *_: Any) -> Any:
 
 
 def _read_structure(path: Path) -> Any:
-    """The checkpoint with tensors replaced by _TensorRef, or None when unsure."""
-    if not _is_zip(path):
-        return None
+    """A zip checkpoint with tensors replaced by _TensorRef, or None when unsure.
+
+    A summary record some tool moved away from the end comes back as a
+    _Summary.
+    """
     try:
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
@@ -1149,9 +1150,10 @@ def get_checkpoint_info(
         return info.reject("Empty file (0 bytes): the save never wrote anything")
 
     try:
-        summary = _read_meta(path) if _is_zip(path) else None
+        zipped = _is_zip(path)
+        summary = _read_meta(path) if zipped else None
         if summary is None:
-            found = _read_structure(path)
+            found = _read_structure(path) if zipped else None
             if isinstance(found, _Summary):
                 summary = found
             else:
@@ -2003,7 +2005,7 @@ def save_checkpoint(
         checkpoint["accuracy"] = float(accuracy_value)  # type: ignore[arg-type]
     if metrics is not None:
         checkpoint["metrics"] = {
-            str(key): _scalar(value) if _scalar(value) is not None else value
+            str(key): value if (number := _scalar(value)) is None else number
             for key, value in metrics.items()
         }
     if history is not None:

@@ -3841,38 +3841,33 @@ class TestRotation:
             "checkpoint_0010.pth",
         }
 
-    def test_keep_best_accuracy(self, tree: KaggleTree) -> None:
-        """keep_best="accuracy" keeps the most accurate file beyond keep_last."""
-        accuracies = [0.5, 0.9, 0.6, 0.7, 0.65]
-        for epoch, accuracy in enumerate(accuracies, start=1):
+    @pytest.mark.parametrize(
+        ("metric", "values", "kept"),
+        [
+            ("accuracy", [0.5, 0.9, 0.6, 0.7, 0.65], 2),  # the highest
+            ("val_loss", [0.3, 0.9, 0.5, 0.6, 0.7], 1),  # a loss: the lowest
+        ],
+    )
+    def test_keep_best(
+        self, tree: KaggleTree, metric: str, values: list[float], kept: int
+    ) -> None:
+        """keep_best keeps the best file beyond keep_last: min for a loss name."""
+        for epoch, value in enumerate(values, start=1):
+            stored = (
+                {"accuracy": value}
+                if metric == "accuracy"
+                else {"metrics": {metric: value}}
+            )
             _save(
                 tree,
                 f"checkpoint_{epoch:04d}.pth",
                 epoch,
-                accuracy=accuracy,
                 keep_last=2,
-                keep_best="accuracy",
+                keep_best=metric,
+                **stored,
             )
         assert _names(tree.checkpoints) == {
-            "checkpoint_0002.pth",
-            "checkpoint_0004.pth",
-            "checkpoint_0005.pth",
-        }
-
-    def test_keep_best_loss_is_min(self, tree: KaggleTree) -> None:
-        """keep_best with a loss name keeps the lowest value, not the highest."""
-        losses = [0.3, 0.9, 0.5, 0.6, 0.7]
-        for epoch, loss in enumerate(losses, start=1):
-            _save(
-                tree,
-                f"checkpoint_{epoch:04d}.pth",
-                epoch,
-                metrics={"val_loss": loss},
-                keep_last=2,
-                keep_best="val_loss",
-            )
-        assert _names(tree.checkpoints) == {
-            "checkpoint_0001.pth",
+            f"checkpoint_{kept:04d}.pth",
             "checkpoint_0004.pth",
             "checkpoint_0005.pth",
         }
